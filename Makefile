@@ -1,0 +1,33 @@
+# Set-up on a fresh machine: `make demo` (the main job) or `make test` (the test suite).
+# Each creates .venv if missing and installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+export HF_HUB_OFFLINE := 1
+
+.PHONY: demo test lint benchmark clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py
+
+test: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m pytest tests
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff format --check src tests scripts
+
+benchmark: $(STAMP)
+	$(PY) scripts/benchmark.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
