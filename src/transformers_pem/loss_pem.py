@@ -431,6 +431,11 @@ class PEMLoss(nn.Module):
             predictions.append(
                 (auxiliary["masks_queries_logits"], auxiliary["class_queries_logits"], f" of auxiliary prediction {i}")
             )
+        if class_queries_logits.dim() != 3 or class_queries_logits.shape[0] == 0:
+            raise ValueError(
+                "class_queries_logits must be a non-empty (batch_size, num_queries, num_labels + 1) tensor, got shape "
+                f"{tuple(class_queries_logits.shape)}."
+            )
         batch_size, num_queries = class_queries_logits.shape[:2]
         for masks, logits, where in predictions:
             if masks.dim() != 4 or logits.dim() != 3:

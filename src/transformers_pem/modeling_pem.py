@@ -195,9 +195,9 @@ class PEMPixelDecoder(nn.Module):
         conv_dim = config.conv_dim
         self.input_projections = nn.ModuleList([PEMConvNormReLU(channels, conv_dim) for channels in feature_channels])
         self.global_context = PEMConvNormReLU(feature_channels[-1], conv_dim)
-        # Ordered from the finest level (stride 4) to the coarsest (stride 32), like the input projections.
+        # Modulations and deformable layers are ordered as the top-down path uses them: strides 32, 16, 8 (and 4 for
+        # the last modulation); the input projections follow the backbone order, strides 4 to 32.
         self.modulations = nn.ModuleList([PEMContextModulation(conv_dim) for _ in range(4)])
-        # Ordered from the coarsest level (stride 32) to stride 8, in the order the top-down path uses them.
         self.deformable_layers = nn.ModuleList([PEMDeformableLayer(conv_dim) for _ in range(3)])
         self.mask_projection = PEMConvNormReLU(conv_dim, config.mask_dim)
 
@@ -214,11 +214,10 @@ class PEMPixelDecoder(nn.Module):
         multi_scale_features = []
         upsampled = global_context
         for level, deformable_layer in enumerate(self.deformable_layers):
-            stage = 3 - level
-            hidden_states = self.modulations[stage](projected[stage]) + upsampled
+            hidden_states = self.modulations[level](projected[3 - level]) + upsampled
             hidden_states, upsampled = deformable_layer(hidden_states)
             multi_scale_features.append(hidden_states)
-        hidden_states = self.modulations[0](projected[0]) + upsampled
+        hidden_states = self.modulations[3](projected[0]) + upsampled
         mask_features = self.mask_projection(hidden_states)  # (B, mask_dim, H/4, W/4), non-negative
         return mask_features, multi_scale_features
 
@@ -455,7 +454,9 @@ class PEMTransformerDecoder(nn.Module):
             height, width = features.shape[-2:]
             sizes.append((height, width))
             memory_positions.append(self.position_embedder(height, width, features.device).to(features.dtype))
-            memories.append(self.input_projections[level](features) + self.level_embed.weight[level][None, :, None, None])
+            memories.append(
+                self.input_projections[level](features) + self.level_embed.weight[level][None, :, None, None]
+            )
 
         query_position = self.queries_embedder.weight.unsqueeze(0).expand(batch_size, -1, -1)
         hidden_states = self.queries_features.weight.unsqueeze(0).expand(batch_size, -1, -1)

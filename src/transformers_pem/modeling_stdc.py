@@ -155,12 +155,11 @@ class STDCBackbone(BackboneMixin, STDCPreTrainedModel):
         for num_blocks in config.layers:
             self.stage_end_indices.append(self.stage_end_indices[-1] + num_blocks)
 
+        last_channels = 16 * base
+        self.conv_last = None
         if config.use_conv_last:
-            self.conv_last = STDCConvLayer(16 * base, max(1024, 16 * base), kernel_size=1)
-        else:
-            self.conv_last = None
-
-        last_channels = max(1024, 16 * base) if config.use_conv_last else 16 * base
+            last_channels = max(1024, 16 * base)
+            self.conv_last = STDCConvLayer(16 * base, last_channels, kernel_size=1)
         self.num_features = [base // 2, base, 4 * base, 8 * base, last_channels]
 
         self.post_init()
