@@ -136,7 +136,8 @@ class PEMConfig(PreTrainedConfig):
         super().validate_architecture()
         if self.hidden_dim % self.num_attention_heads != 0:
             raise ValueError(
-                f"hidden_dim ({self.hidden_dim}) must be divisible by num_attention_heads ({self.num_attention_heads})."
+                f"hidden_dim ({self.hidden_dim}) must be divisible by num_attention_heads "
+                f"({self.num_attention_heads})."
             )
         if self.num_feature_levels != 3:
             raise ValueError("PEM's pixel decoder provides exactly 3 feature levels; set num_feature_levels=3.")

@@ -251,7 +251,7 @@ class PEMPixelLevelModule(nn.Module):
 
 
 class PEMSinePositionEmbedding(nn.Module):
-    """DETR's normalised sine position embedding without padding mask: channels `[pos_y, pos_x]`, interleaved sin/cos."""
+    """DETR's normalised sine position embedding, no padding mask: channels `[pos_y, pos_x]`, sin/cos interleaved."""
 
     def __init__(self, num_pos_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi):
         super().__init__()
