@@ -128,9 +128,15 @@ class PEMConfig(PreTrainedConfig):
         if isinstance(self.backbone_config, dict) and self.backbone_config.get("model_type") == STDCConfig.model_type:
             self.backbone_config = STDCConfig(**{k: v for k, v in self.backbone_config.items() if k != "model_type"})
         super().__post_init__(**kwargs)
-        # transformers 5 does not derive label2id from id2label; keep both in sync.
-        if self.id2label is not None and not self.label2id:
-            self.label2id = {name: int(index) for index, name in self.id2label.items()}
+
+    def __setattr__(self, key, value):
+        super().__setattr__(key, value)
+        # transformers 5 does not derive label2id from id2label (nor update it with a new label set): keep
+        # label2id the inverse of id2label, including when from_pretrained(..., id2label=...) replaces the labels.
+        if key in ("id2label", "label2id") and getattr(self, "id2label", None) is not None:
+            label2id = {name: int(index) for index, name in self.id2label.items()}
+            if getattr(self, "label2id", None) != label2id:
+                super().__setattr__("label2id", label2id)
 
     def validate_architecture(self):
         super().validate_architecture()
@@ -169,9 +175,10 @@ class PEMConfig(PreTrainedConfig):
             "id2label": {index: label[0] for index, label in enumerate(labels)},
             "thing_ids": [index for index, label in enumerate(labels) if label[2]],
         }
+        if "id2label" in overrides:
+            # A custom label set: the dataset's thing ids no longer apply.
+            preset["thing_ids"] = None
         preset.update(overrides)
-        if "id2label" in overrides and "label2id" not in overrides:
-            preset["label2id"] = None
         return cls(**preset)
 
 

@@ -15,6 +15,7 @@ Every metric can also be loaded with `evaluate.load` from the small scripts in `
 
 import contextlib
 import io
+import warnings
 from collections import Counter
 
 import datasets
@@ -23,7 +24,6 @@ import numpy as np
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
-
 
 _SEGMENTS_FORMAT = """
     Panoptic and instance inputs are dicts:
@@ -142,7 +142,9 @@ def _predicted_segments(prediction: dict) -> dict[int, int]:
     for segment in prediction["segments_info"]:
         segment_id, label = int(segment["id"]), _segment_class(segment, "prediction")
         if classes.setdefault(segment_id, label) != label:
-            raise ValueError(f"Predicted segment {segment_id} is listed with two classes: {classes[segment_id]}, {label}.")
+            raise ValueError(
+                f"Predicted segment {segment_id} is listed with two classes: {classes[segment_id]}, {label}."
+            )
     return classes
 
 
@@ -225,7 +227,9 @@ Returns:
                 "resize the prediction to the reference size first."
             )
         reference_values, predicted_values, counts = _joint_histogram(reference, prediction)
-        self._pixel_counts.update(dict(zip(zip(reference_values.tolist(), predicted_values.tolist()), counts.tolist())))
+        self._pixel_counts.update(
+            dict(zip(zip(reference_values.tolist(), predicted_values.tolist()), counts.tolist()))
+        )
 
     def _compute(
         self,
@@ -262,12 +266,11 @@ Returns:
             per_category_iou = area_intersection / area_union
             per_category_accuracy = area_intersection / area_reference
             overall_accuracy = area_intersection.sum() / area_reference.sum()
-        with np.errstate(all="ignore"), contextlib.suppress(RuntimeWarning):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # the mean of all-NaN values is NaN
             metrics = {
-                "mean_iou": np.nanmean(per_category_iou) if np.any(area_union > 0) else np.float64("nan"),
-                "mean_accuracy": (
-                    np.nanmean(per_category_accuracy) if np.any(area_reference > 0) else np.float64("nan")
-                ),
+                "mean_iou": np.nanmean(per_category_iou),
+                "mean_accuracy": np.nanmean(per_category_accuracy),
                 "overall_accuracy": overall_accuracy,
                 "per_category_iou": per_category_iou,
                 "per_category_accuracy": per_category_accuracy,
@@ -344,12 +347,11 @@ Returns:
                 f"Predicted segmentation of shape {predicted_map.shape} does not match its reference of shape "
                 f"{reference_map.shape}; resize the prediction to the reference size first."
             )
-        self._seen_classes.update(predicted_classes.values())
-        self._seen_classes.update(category for category, _ in reference_segments.values())
-
         # overlaps[(reference id, predicted id)] in pixels; unlisted predicted ids are void and become None
         reference_ids, predicted_ids, counts = _joint_histogram(reference_map, predicted_map)
         _check_unlisted_predicted_ids(set(predicted_ids.tolist()), predicted_classes)
+        self._seen_classes.update(predicted_classes.values())
+        self._seen_classes.update(category for category, _ in reference_segments.values())
         overlaps, predicted_areas, reference_areas = Counter(), Counter(), Counter()
         for reference_id, predicted_id, count in zip(reference_ids.tolist(), predicted_ids.tolist(), counts.tolist()):
             predicted_id = predicted_id if predicted_id in predicted_classes else None
@@ -496,6 +498,11 @@ Returns:
             segmentation = segmentation.detach().cpu().numpy()
         segmentation = np.asarray(segmentation)
         segments_info = prediction["segments_info"]
+        if segmentation.ndim not in (2, 3):
+            raise ValueError(
+                "prediction['segmentation'] must be a (height, width) id map or (num_segments, height, width) binary "
+                f"masks, got shape {segmentation.shape}."
+            )
         if segmentation.ndim == 3:
             if len(segmentation) != len(segments_info):
                 raise ValueError(

@@ -1,0 +1,84 @@
+"""Image processor for PEM with the PIL/numpy backend."""
+
+import numpy as np
+import torch
+from transformers.image_processing_backends import PilBackend
+from transformers.image_processing_utils import BatchFeature
+from transformers.image_utils import PILImageResampling, SizeDict
+from transformers.utils import TensorType
+
+from .image_processing_pem import PEMImageProcessorMixin, get_resize_output_size
+
+
+class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
+    r"""
+    PEM image processor with the PIL/numpy backend (`AutoImageProcessor.from_pretrained(..., backend="pil")`). Same
+    settings, outputs and post-processing as [`PEMImageProcessor`]; resizing goes through PIL, exactly like the
+    official detectron2 test pipeline, so 8-bit images give the official `pixel_values` up to float rounding.
+    """
+
+    def resize(
+        self, image: np.ndarray, size: SizeDict, resample: PILImageResampling | None = None, **kwargs
+    ) -> np.ndarray:
+        """Resize with the official rule for `shortest_edge` / `longest_edge` sizes, else as the backend does."""
+        if image.dtype.kind == "f" and image.max() > 1:
+            # PIL resizes 8-bit data, and the backend only converts floats in [0, 1]: quantise 0-255 floats here.
+            image = np.clip(np.round(image), 0, 255).astype(np.uint8)
+        if size.shortest_edge:
+            height, width = get_resize_output_size(*image.shape[-2:], size.shortest_edge, size.longest_edge)
+            size = SizeDict(height=height, width=width)
+        return super().resize(image, size, resample=resample, **kwargs)
+
+    def _preprocess(
+        self,
+        images: list[np.ndarray],
+        segmentation_maps: list[torch.Tensor] | None,
+        instance_id_to_semantic_id: list[dict[int, int] | None] | None,
+        do_resize: bool,
+        size: SizeDict,
+        resample: PILImageResampling | None,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | list[float],
+        image_std: float | list[float],
+        do_pad: bool,
+        pad_size: SizeDict | None,
+        size_divisor: int | None,
+        ignore_index: int | None,
+        do_reduce_labels: bool,
+        return_tensors: str | TensorType | None,
+        **kwargs,
+    ) -> BatchFeature:
+        processed_images = []
+        for image in images:
+            if do_resize:
+                image = self.resize(image, size=size, resample=resample)
+            if do_rescale:
+                image = self.rescale(image, rescale_factor)
+            if do_normalize:
+                image = self.normalize(image, image_mean, image_std)
+            processed_images.append(image)
+
+        image_sizes = [tuple(image.shape[-2:]) for image in processed_images]
+        padded_size = self._get_padded_size(image_sizes, do_pad, pad_size, size_divisor)
+        # Normalised images are padded with 0 (the mean colour), top-left aligned, as detectron2's ImageList does.
+        padded_images, pixel_mask = self.pad(
+            processed_images, pad_size=SizeDict(height=padded_size[0], width=padded_size[1]), return_mask=True
+        )
+        encoded_inputs = BatchFeature(
+            data={"pixel_values": padded_images, "pixel_mask": pixel_mask}, tensor_type=return_tensors
+        )
+        if segmentation_maps is not None:
+            mask_labels, class_labels = self._segmentation_targets(
+                segmentation_maps, instance_id_to_semantic_id, image_sizes, padded_size, ignore_index, do_reduce_labels
+            )
+            # Lists, not tensors: images have different numbers of masks.
+            if return_tensors != "pt":
+                mask_labels = [masks.numpy() for masks in mask_labels]
+                class_labels = [classes.numpy() for classes in class_labels]
+            encoded_inputs["mask_labels"], encoded_inputs["class_labels"] = mask_labels, class_labels
+        return encoded_inputs
+
+
+__all__ = ["PEMImageProcessorPil"]

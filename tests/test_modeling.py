@@ -1,0 +1,329 @@
+"""PEMConfig, PEMModel and PEMForUniversalSegmentation: shapes, batching, loss, training, save/load, Auto classes."""
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSemanticSegmentation,
+    AutoModelForUniversalSegmentation,
+    ResNetConfig,
+    TimmBackboneConfig,
+)
+
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMModel, STDCConfig
+from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
+
+
+def tiny_config(**overrides) -> PEMConfig:
+    values = {
+        "backbone_config": STDCConfig(base_channels=16, layers=[1, 1, 1]),
+        "conv_dim": 16,
+        "mask_dim": 16,
+        "hidden_dim": 32,
+        "num_queries": 8,
+        "num_attention_heads": 4,
+        "dim_feedforward": 32,
+        "decoder_layers": 3,
+        "train_num_points": 256,
+        "id2label": {0: "background", 1: "square", 2: "disc"},
+        "thing_ids": [1, 2],
+    }
+    values.update(overrides)
+    return PEMConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> PEMForUniversalSegmentation:
+    torch.manual_seed(0)
+    return PEMForUniversalSegmentation(tiny_config()).eval()
+
+
+# --------------------------------------------------------------------------------------------------- configuration
+
+
+def test_presets_cover_the_twelve_official_configurations():
+    presets = PEMConfig.presets()
+    assert len(presets) == 12 and len(set(presets)) == 12
+    for backbone in ("r50", "stdc1", "stdc2"):
+        for dataset in ("cityscapes", "ade20k"):
+            for task in ("semantic", "panoptic"):
+                assert f"pem-{backbone}-{dataset}-{task}" in presets
+
+
+def test_preset_labels_and_things_come_from_the_dataset():
+    config = PEMConfig.from_preset("pem-r50-cityscapes-panoptic")
+    assert config.num_labels == 19
+    assert config.id2label[0] == "road" and config.id2label[18] == "bicycle"
+    assert config.label2id["sky"] == 10
+    # Cityscapes things: person, rider, car, truck, bus, train, motorcycle, bicycle (train ids 11..18).
+    assert config.thing_ids == list(range(11, 19))
+    ade = PEMConfig.from_preset("pem-stdc2-ade20k-semantic")
+    assert ade.num_labels == 150 and ade.id2label[0] == "wall"
+    assert len(ade.thing_ids) == 100  # ADE20K panoptic: 100 things, 50 stuff
+    assert list(ade.backbone_config.layers) == [4, 5, 3]
+    assert len(CITYSCAPES_LABELS) == 19 and len(ADE20K_LABELS) == 150
+
+
+def test_preset_defaults_are_the_official_hyper_parameters():
+    config = PEMConfig.from_preset("pem-r50-cityscapes-semantic")
+    assert (config.conv_dim, config.mask_dim, config.hidden_dim, config.num_queries) == (128, 256, 256, 100)
+    assert (config.num_attention_heads, config.dim_feedforward, config.decoder_layers) == (8, 2048, 6)
+    assert config.pre_norm and config.enforce_input_projection and config.num_feature_levels == 3
+    assert (config.class_weight, config.mask_weight, config.dice_weight, config.no_object_weight) == (2, 5, 5, 0.1)
+    assert (config.train_num_points, config.oversample_ratio, config.importance_sample_ratio) == (12544, 3.0, 0.75)
+    assert config.ignore_value == 255
+    assert config.backbone_config.model_type == "resnet" and list(config.backbone_config.depths) == [3, 4, 6, 3]
+
+
+def test_preset_overrides_and_errors():
+    config = PEMConfig.from_preset("pem-stdc1-ade20k-panoptic", num_queries=50, id2label={0: "a", 1: "b"})
+    assert config.num_queries == 50 and config.label2id == {"a": 0, "b": 1}
+    with pytest.raises(ValueError, match="Unknown PEM preset"):
+        PEMConfig.from_preset("pem-r101-cityscapes-semantic")
+    with pytest.raises(Exception, match="divisible"):
+        tiny_config(hidden_dim=30)
+    with pytest.raises(Exception, match="thing_ids"):
+        tiny_config(thing_ids=[7])
+
+
+@pytest.mark.parametrize(
+    ("preset", "expected"),
+    # Parameter counts of the official models (manifests of the official configs, 19 / 150 classes).
+    [
+        ("pem-r50-cityscapes-semantic", 35_532_581),
+        ("pem-stdc1-cityscapes-semantic", 16_957_829),
+        ("pem-stdc2-cityscapes-panoptic", 20_988_293),
+        ("pem-stdc1-ade20k-semantic", 16_991_496),
+        ("pem-stdc2-ade20k-panoptic", 21_021_960),
+    ],
+)
+def test_parameter_counts_match_the_official_models(preset, expected):
+    with torch.device("meta"):
+        model = PEMForUniversalSegmentation(PEMConfig.from_preset(preset))
+    assert sum(p.numel() for p in model.parameters()) == expected
+
+
+def test_paper_parameter_counts():
+    """The paper: PEM-R50 35.6 M, STDC1 17.0 M, STDC2 21.0 M (Cityscapes)."""
+    for backbone, paper in (("r50", 35.6), ("stdc1", 17.0), ("stdc2", 21.0)):
+        with torch.device("meta"):
+            model = PEMForUniversalSegmentation(PEMConfig.from_preset(f"pem-{backbone}-cityscapes-semantic"))
+        assert abs(sum(p.numel() for p in model.parameters()) / 1e6 - paper) <= 0.1
+
+
+# --------------------------------------------------------------------------------------------------- forward
+
+
+@pytest.mark.parametrize(("height", "width"), [(64, 64), (96, 160), (100, 150), (33, 47), (8, 8)])
+def test_output_shapes(tiny_model, height, width):
+    with torch.no_grad():
+        outputs = tiny_model(torch.randn(1, 3, height, width), output_auxiliary_logits=True)
+    mask_size = (math.ceil(height / 4), math.ceil(width / 4))
+    assert outputs.class_queries_logits.shape == (1, 8, 4)
+    assert outputs.masks_queries_logits.shape == (1, 8, *mask_size)
+    assert len(outputs.auxiliary_logits) == 3
+    for auxiliary in outputs.auxiliary_logits:
+        assert auxiliary["class_queries_logits"].shape == (1, 8, 4)
+        assert auxiliary["masks_queries_logits"].shape == (1, 8, *mask_size)
+    assert outputs.loss is None
+
+
+def test_unaligned_input_equals_the_zero_padded_input(tiny_model):
+    """Inputs that are not multiples of 32 are zero-padded like the official ImageList: same logits on the crop."""
+    image = torch.randn(1, 3, 100, 150)
+    padded = torch.nn.functional.pad(image, (0, 10, 0, 28))
+    with torch.no_grad():
+        outputs, padded_outputs = tiny_model(image), tiny_model(padded)
+    torch.testing.assert_close(outputs.class_queries_logits, padded_outputs.class_queries_logits)
+    torch.testing.assert_close(outputs.masks_queries_logits, padded_outputs.masks_queries_logits[..., :25, :38])
+
+
+def test_batch_of_two_equals_two_single_forwards(tiny_model):
+    images = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        batched = tiny_model(images)
+        singles = [tiny_model(images[i : i + 1]) for i in range(2)]
+    for i, single in enumerate(singles):
+        torch.testing.assert_close(batched.class_queries_logits[i], single.class_queries_logits[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(batched.masks_queries_logits[i], single.masks_queries_logits[0], atol=1e-4, rtol=0)
+
+
+def test_hidden_states_and_tuple_output(tiny_model):
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = tiny_model(pixel_values, output_hidden_states=True)
+        as_tuple = tiny_model(pixel_values, return_dict=False)
+    assert [f.shape[-1] for f in outputs.encoder_hidden_states] == [24, 12, 6, 3]
+    assert [f.shape[-2:] for f in outputs.pixel_decoder_hidden_states] == [(2, 3), (4, 6), (8, 12)]
+    assert len(outputs.transformer_decoder_hidden_states) == 4  # learnable queries + 3 layers
+    assert outputs.transformer_decoder_last_hidden_state.shape == (1, 8, 32)
+    assert outputs.pixel_decoder_last_hidden_state.shape == (1, 16, 16, 24)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], outputs.class_queries_logits)
+    torch.testing.assert_close(as_tuple[1], outputs.masks_queries_logits)
+
+
+def test_base_model_outputs_every_prediction():
+    model = PEMModel(tiny_config()).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(2, 3, 64, 64))
+    assert len(outputs.masks_queries_logits) == 4 and len(outputs.transformer_decoder_intermediate_states) == 4
+    assert outputs.masks_queries_logits[-1].shape == (2, 8, 16, 16)
+
+
+def test_timm_backbone_config_works():
+    config = tiny_config(
+        backbone_config=TimmBackboneConfig(backbone="resnet18", out_indices=[1, 2, 3, 4], num_channels=3)
+    )
+    model = PEMForUniversalSegmentation(config).eval()
+    with torch.no_grad():
+        outputs = model(torch.randn(1, 3, 64, 64))
+    assert outputs.masks_queries_logits.shape == (1, 8, 16, 16)
+
+
+def test_bad_inputs_raise_clear_errors(tiny_model):
+    with pytest.raises(ValueError, match="4-D tensor"):
+        tiny_model(torch.randn(3, 64, 64))
+    with pytest.raises(ValueError, match="channels"):
+        tiny_model(torch.randn(1, 4, 64, 64))
+    with pytest.raises(ValueError, match="both"):
+        tiny_model(torch.randn(1, 3, 64, 64), mask_labels=[torch.zeros(1, 64, 64)])
+
+
+def test_training_with_one_image_per_batch_raises_a_clear_error():
+    model = PEMForUniversalSegmentation(tiny_config()).train()
+    with pytest.raises(ValueError, match="at least 2"):
+        model(torch.randn(1, 3, 64, 64), mask_labels=[torch.ones(1, 64, 64)], class_labels=[torch.tensor([1])])
+
+
+# --------------------------------------------------------------------------------------------------- loss / training
+
+
+def synthetic_batch() -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Two 64x64 images: a bright square on the first, a dark disc on the second, on textured backgrounds."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(2, 3, 64, 64, generator=generator) * 0.2
+    yy, xx = torch.meshgrid(torch.arange(64), torch.arange(64), indexing="ij")
+    square = (yy >= 10) & (yy < 40) & (xx >= 20) & (xx < 50)
+    disc = (yy - 40) ** 2 + (xx - 24) ** 2 < 15**2
+    images[0][:, square] += 1.5
+    images[1][:, disc] -= 1.5
+    mask_labels = [torch.stack([~square, square]).float(), torch.stack([~disc, disc]).float()]
+    class_labels = [torch.tensor([0, 1]), torch.tensor([0, 2])]
+    return images, mask_labels, class_labels
+
+
+def test_loss_is_finite_and_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    model = PEMForUniversalSegmentation(tiny_config()).train()
+    images, mask_labels, class_labels = synthetic_batch()
+    outputs = model(images, mask_labels=mask_labels, class_labels=class_labels)
+    assert torch.isfinite(outputs.loss)
+    # 3 terms for the final prediction and for each of the 3 auxiliary ones.
+    assert len(outputs.loss_dict) == 12
+    expected = sum(
+        value * {"cross": 2.0, "mask": 5.0, "dice": 5.0}[key.split("_")[1]] for key, value in outputs.loss_dict.items()
+    )
+    torch.testing.assert_close(outputs.loss, expected)
+    outputs.loss.backward()
+    without_gradient = [
+        name
+        for name, parameter in model.named_parameters()
+        if parameter.requires_grad and (parameter.grad is None or not parameter.grad.abs().sum() > 0)
+    ]
+    assert without_gradient == []
+
+
+def test_images_without_targets_train():
+    torch.manual_seed(0)
+    model = PEMForUniversalSegmentation(tiny_config()).train()
+    images, mask_labels, class_labels = synthetic_batch()
+    mask_labels[1], class_labels[1] = torch.zeros(0, 64, 64), torch.zeros(0, dtype=torch.long)
+    outputs = model(images, mask_labels=mask_labels, class_labels=class_labels)
+    assert torch.isfinite(outputs.loss)
+    outputs.loss.backward()
+
+
+def test_loss_drops_sharply_when_overfitting_two_images():
+    torch.manual_seed(0)
+    model = PEMForUniversalSegmentation(tiny_config()).train()
+    images, mask_labels, class_labels = synthetic_batch()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(40):
+        loss = model(images, mask_labels=mask_labels, class_labels=class_labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0], losses
+    # And the trained model segments the two images: the best query of each target class covers its mask.
+    model.eval()
+    with torch.no_grad():
+        outputs = model(images)
+    probabilities = outputs.class_queries_logits.softmax(-1)
+    masks = torch.nn.functional.interpolate(outputs.masks_queries_logits, size=(64, 64), mode="bilinear")
+    for index, target_class in ((0, 1), (1, 2)):
+        query = probabilities[index, :, target_class].argmax()
+        predicted = masks[index, query] > 0
+        target = mask_labels[index][1].bool()
+        intersection = (predicted & target).sum().item()
+        union = (predicted | target).sum().item()
+        assert intersection / union > 0.7
+
+
+# --------------------------------------------------------------------------------------------------- save / load
+
+
+def test_save_and_load_round_trip_is_bit_exact(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["model_type"] == "pem" and saved["label2id"] == {"background": 0, "square": 1, "disc": 2}
+    loaded = AutoModelForUniversalSegmentation.from_pretrained(tmp_path).eval()
+    assert isinstance(loaded, PEMForUniversalSegmentation)
+    original_state, loaded_state = tiny_model.state_dict(), loaded.state_dict()
+    assert original_state.keys() == loaded_state.keys()
+    for key, value in original_state.items():
+        assert torch.equal(value, loaded_state[key]), key
+    pixel_values = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(tiny_model(pixel_values).masks_queries_logits, loaded(pixel_values).masks_queries_logits)
+
+
+def test_every_buffer_is_valid_after_loading(tmp_path):
+    """transformers 5 builds models on the meta device; buffers must be restored from the file or re-initialised."""
+    model = PEMForUniversalSegmentation(tiny_config())
+    model.save_pretrained(tmp_path)
+    loaded = PEMForUniversalSegmentation.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.criterion.empty_weight, torch.tensor([1.0, 1.0, 1.0, 0.1]))
+    for name, buffer in loaded.named_buffers():
+        assert torch.isfinite(buffer.float()).all(), name
+
+
+def test_new_label_set_loads_with_ignore_mismatched_sizes(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    five_labels = {i: f"class_{i}" for i in range(5)}
+    loaded = PEMForUniversalSegmentation.from_pretrained(
+        tmp_path, id2label=five_labels, label2id=None, thing_ids=None, ignore_mismatched_sizes=True
+    )
+    assert loaded.class_predictor.out_features == 6
+    torch.testing.assert_close(loaded.criterion.empty_weight, torch.tensor([1.0] * 5 + [0.1]))
+    assert loaded.config.label2id == {f"class_{i}": i for i in range(5)}
+    torch.testing.assert_close(
+        loaded.model.transformer_module.queries_features.weight,
+        tiny_model.model.transformer_module.queries_features.weight,
+    )
+
+
+def test_auto_classes(tmp_path, tiny_model):
+    tiny_model.save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)) is PEMConfig
+    assert type(AutoModel.from_pretrained(tmp_path)) is PEMModel
+    assert type(AutoModelForSemanticSegmentation.from_pretrained(tmp_path)) is PEMForUniversalSegmentation
+    config = AutoConfig.for_model("pem", backbone_config=ResNetConfig(out_features=["stage1", "stage2"]))
+    assert config.backbone_config.out_features == ["stage1", "stage2"]
