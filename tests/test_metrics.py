@@ -13,6 +13,7 @@ import json
 import math
 from pathlib import Path
 
+import evaluate
 import numpy as np
 import pytest
 import torch
@@ -262,14 +263,11 @@ def panoptic_case(rng, empty_prediction: bool = False) -> tuple[dict, dict]:
         reference[top:bottom] = segment_id
         categories[segment_id] = (category, 0)
     void_mask = paint_rectangle(rng, reference, 0, max_side=14, min_side=4)
-    crowd_regions = []
     for index in range(int(rng.integers(3, 9))):
         segment_id, category = next(new_ids), int(rng.choice(THING_IDS))
         is_crowd = int(rng.random() < 0.2)
         paint_rectangle(rng, reference, segment_id, max_side=2 if index == 0 else 14)  # the first one is tiny
         categories[segment_id] = (category, is_crowd)
-        if is_crowd:
-            crowd_regions.append((segment_id, category))
     present = set(np.unique(reference).tolist())
     reference_info = [
         {"id": i, "category_id": c, "iscrowd": crowd} for i, (c, crowd) in categories.items() if i in present
@@ -294,11 +292,12 @@ def panoptic_case(rng, empty_prediction: bool = False) -> tuple[dict, dict]:
         segment_id = next(new_ids) % 1000 + 1  # a segment lying mostly on void
         prediction[void_rows.min() : void_rows.max() + 2, void_cols.min() : void_cols.max() + 2] = segment_id
         predicted_categories[segment_id] = int(rng.choice(THING_IDS))
-        for crowd_id, category in crowd_regions:  # a segment of the crowd class, partly on the crowd region
-            rows, cols = np.nonzero(reference == crowd_id)
+        for crowd in [segment for segment in reference_info if segment["iscrowd"]]:
+            # a segment of the crowd's class, partly on the crowd region
+            rows, cols = np.nonzero(reference == crowd["id"])
             segment_id = next(new_ids) % 1000 + 1
             prediction[rows.min() : rows.max() + 2, cols.min() : cols.max() + 1] = segment_id
-            predicted_categories[segment_id] = category
+            predicted_categories[segment_id] = crowd["category_id"]
     predicted_present = set(np.unique(prediction).tolist())
     prediction_info = [{"id": i, "category_id": c} for i, c in predicted_categories.items() if i in predicted_present]
     return (
@@ -313,8 +312,9 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
     reference = np.full((32, 40), 1, dtype=np.int64)  # road, id 1
     reference[16:] = 2  # sky, id 2
     reference[0:4, 0:4] = 3  # car, 16 pixels
+    reference[8:10, 20:23] = 4  # car, 6 pixels
+    reference[8:10, 23:26] = 0  # void, 6 pixels
     reference[20:30, 30:40] = 0  # void
-    reference[8:10, 20:25] = 4  # car, 10 pixels
     reference[4:8, 30:34] = 5  # crowd person, 16 pixels
     reference_info = [
         {"id": 1, "category_id": 7, "iscrowd": 0},
@@ -323,17 +323,14 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
         {"id": 4, "category_id": 26, "iscrowd": 0},
         {"id": 5, "category_id": 24, "iscrowd": 1},
     ]
-    prediction = np.where(reference == 2, 20, 10)  # road 10, sky 20 (both perfect except where overwritten)
-    prediction[0:4, 0:4] = 10
-    prediction[0:2, 0:4] = 30  # car: 8 of 16 pixels -> IoU 0.5 exactly
-    prediction[20:24, 28:32] = 40  # person: 8 of its 16 pixels on void -> share 0.5, a false positive
+    prediction = np.full((32, 40), 10, dtype=np.int64)  # road
+    prediction[16:] = 20  # sky
+    prediction[0:2, 0:4] = 30  # car: 8 pixels, all on car 3 -> IoU 8 / 16 = 0.5, no match
+    prediction[8:10, 20:26] = 50  # car: 6 on car 4, 6 on void -> IoU 6 / 6 once void leaves the union (else 0.5)
+    prediction[20:24, 28:32] = 40  # person: 8 of 16 pixels on void -> share 0.5, a false positive
     prediction[24:28, 29:33] = 41  # person: 12 of 16 pixels on void -> ignored
-    prediction[8:10, 22:28] = 50  # car: 6 on car id 4, 6 on road
-    prediction[8:10, 22:25] = 50
     prediction[4:8, 32:36] = 60  # person: 8 of 16 pixels on the person crowd -> share 0.5, a false positive
-    prediction[4:8, 30:32] = 61  # bicycle on the person crowd -> a false positive (other class)
-    reference[8:10, 25:28] = 0  # car 50 now has 6 pixels on car 4 and 6 on void: IoU 6 / 10 only without void
-    reference[8:10, 20:22] = 0
+    prediction[4:8, 30:32] = 61  # bicycle on the person crowd -> a false positive (crowd of another class)
     prediction_info = [
         {"id": 10, "category_id": 7},
         {"id": 20, "category_id": 23},
@@ -401,17 +398,18 @@ def test_panoptic_quality_equals_cityscapes(tmp_path, seed):
 
 
 def test_panoptic_quality_boundary_case_values():
-    """The boundary case alone, against counts derived by hand from its construction."""
+    """The boundary case alone, against the counts that follow from its construction."""
     prediction, reference = boundary_panoptic_case()
-    ours = PanopticQuality().compute(predictions=[prediction], references=[reference], thing_ids=[24, 26, 33],
-                                     stuff_ids=[7, 23])
-    # car: no TP (IoU 0.5 and 6/10 with void... matched), see below; person: FP 40 and 60, none for 41
-    assert ours["per_category_rq"][24] == 0.0 and ours["per_category_pq"][24] == 0.0
-    assert ours["per_category_rq"][33] == 0.0  # the bicycle on the person crowd is a false positive
-    # car: segment 50 matches car 4 (IoU 6 / (6 + 6 + 6 - 6 - 6) = 1.0 once void leaves the union); car 3 is missed
-    # by segment 30 (IoU 0.5, strict threshold): 1 TP, 1 FP, 1 FN
+    ours = PanopticQuality().compute(
+        predictions=[prediction], references=[reference], thing_ids=[24, 26, 33], stuff_ids=[7, 23]
+    )
+    # car: segment 50 matches car 4 with IoU 1 (void pixels leave the union); segment 30 does not match car 3
+    # (IoU exactly 0.5): 1 TP, 1 FP, 1 FN
     assert ours["per_category_rq"][26] == pytest.approx(1 / 2)
     assert ours["per_category_sq"][26] == pytest.approx(1.0)
+    # person: segments 40 and 60 are false positives (share exactly 0.5), 41 is ignored; bicycle 61: 1 FP
+    assert ours["per_category_pq"][24] == 0.0 and ours["per_category_pq"][33] == 0.0
+    assert ours["rq_things"] == pytest.approx((0.5 + 0 + 0) / 3)
 
 
 def test_panoptic_quality_accepts_post_processing_output():
@@ -439,11 +437,15 @@ def test_panoptic_quality_rejects_bad_input():
     with pytest.raises(ValueError, match="not in segments_info"):
         metric.add(prediction={"segmentation": prediction["segmentation"], "segments_info": []}, reference=reference)
     with pytest.raises(ValueError, match="reserved for void"):
-        metric.add(prediction=prediction, reference={"segmentation": reference["segmentation"],
-                                                     "segments_info": [{"id": 0, "category_id": 7}]})
+        metric.add(
+            prediction=prediction,
+            reference={"segmentation": reference["segmentation"], "segments_info": [{"id": 0, "category_id": 7}]},
+        )
     with pytest.raises(ValueError, match="two classes"):
-        bad = {"segmentation": prediction["segmentation"], "segments_info": prediction["segments_info"] + [
-            {"id": 10, "category_id": 8}]}
+        bad = {
+            "segmentation": prediction["segmentation"],
+            "segments_info": prediction["segments_info"] + [{"id": 10, "category_id": 8}],
+        }
         metric.add(prediction=bad, reference=reference)
     metric.add(prediction=prediction, reference=reference)
     with pytest.raises(ValueError, match="neither thing_ids nor stuff_ids"):
@@ -523,8 +525,12 @@ def cocoeval_results(tmp_path: Path, cases, category_ids) -> tuple[np.ndarray, d
                 )
         for mask, segment in zip(prediction["segmentation"], prediction["segments_info"]):
             detections.append(
-                {"image_id": image_id, "category_id": segment["label_id"], "score": segment["score"],
-                 "segmentation": rle(mask)}
+                {
+                    "image_id": image_id,
+                    "category_id": segment["label_id"],
+                    "score": segment["score"],
+                    "segmentation": rle(mask),
+                }
             )
     categories = [{"id": c, "name": str(c)} for c in category_ids]
     with open(tmp_path / "gt.json", "w") as file:
@@ -581,11 +587,18 @@ def test_mask_ap_id_map_predictions_and_default_classes(tmp_path):
         kept = [segment for segment in info if (id_map == segment["id"]).any()]
         cases.append(({"segmentation": torch.from_numpy(id_map), "segments_info": kept}, reference))
     as_masks = [
-        ({"segmentation": np.stack([p["segmentation"].numpy() == s["id"] for s in p["segments_info"]]),
-          "segments_info": p["segments_info"]}, r)
+        (
+            {
+                "segmentation": np.stack([p["segmentation"].numpy() == s["id"] for s in p["segments_info"]]),
+                "segments_info": p["segments_info"],
+            },
+            r,
+        )
         for p, r in cases
     ]
-    stats, per_category = cocoeval_results(tmp_path, as_masks, AP_THING_IDS + [AP_STUFF_ID])
+    reference_classes = sorted({s["category_id"] for _, r in cases for s in r["segments_info"]})
+    assert AP_STUFF_ID in reference_classes
+    stats, per_category = cocoeval_results(tmp_path, as_masks, reference_classes)
     ours = MaskAP().compute(predictions=[p for p, _ in cases], references=[r for _, r in cases])
     assert_ap_equal(ours, stats, per_category)
 
@@ -611,8 +624,10 @@ def test_mask_ap_rejects_bad_input():
         metric.add(prediction={"segmentation": prediction["segmentation"], "segments_info": info}, reference=reference)
     with pytest.raises(ValueError, match="only 0 and 1"):
         probabilities = prediction["segmentation"] * 0.7
-        metric.add(prediction={"segmentation": probabilities, "segments_info": prediction["segments_info"]},
-                   reference=reference)
+        metric.add(
+            prediction={"segmentation": probabilities, "segments_info": prediction["segments_info"]},
+            reference=reference,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -625,7 +640,5 @@ def test_mask_ap_rejects_bad_input():
     [("mean_iou", MeanIoU), ("panoptic_quality", PanopticQuality), ("mask_ap", MaskAP)],
 )
 def test_evaluate_load_from_path(script, metric_class):
-    import evaluate
-
     assert type(evaluate.load(str(METRIC_SCRIPTS / script))) is metric_class
     assert type(evaluate.load(str(METRIC_SCRIPTS / script / f"{script}.py"))) is metric_class

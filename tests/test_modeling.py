@@ -327,3 +327,29 @@ def test_auto_classes(tmp_path, tiny_model):
     assert type(AutoModelForSemanticSegmentation.from_pretrained(tmp_path)) is PEMForUniversalSegmentation
     config = AutoConfig.for_model("pem", backbone_config=ResNetConfig(out_features=["stage1", "stage2"]))
     assert config.backbone_config.out_features == ["stage1", "stage2"]
+
+
+# --------------------------------------------------------------------------------------------------- optimised paths
+
+
+@pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (16, 24)])
+def test_deformable_convolution_equals_torchvision(height, width):
+    """Our grid_sample formulation against torchvision's reference kernel, with offsets reaching outside the map."""
+    from torchvision.ops import deform_conv2d
+
+    from transformers_pem.modeling_pem import PEMModulatedDeformConv
+
+    generator = torch.Generator().manual_seed(height)
+    layer = PEMModulatedDeformConv(6, 5)
+    torch.nn.init.normal_(layer.weight, generator=generator)
+    inputs = torch.randn(2, 6, height, width, generator=generator, requires_grad=True)
+    offset = (torch.randn(2, 18, height, width, generator=generator) * 3).requires_grad_()
+    modulation = torch.rand(2, 9, height, width, generator=generator).requires_grad_()
+
+    ours = layer(inputs, offset, modulation)
+    reference = deform_conv2d(inputs, offset, layer.weight, padding=1, mask=modulation)
+    torch.testing.assert_close(ours, reference, atol=1e-5, rtol=1e-5)
+    gradients = torch.autograd.grad(ours.square().sum(), (inputs, offset, modulation, layer.weight))
+    reference_gradients = torch.autograd.grad(reference.square().sum(), (inputs, offset, modulation, layer.weight))
+    for gradient, reference_gradient in zip(gradients, reference_gradients):
+        torch.testing.assert_close(gradient, reference_gradient, atol=1e-3, rtol=1e-3)

@@ -431,7 +431,7 @@ class PEMImageProcessorMixin:
             masks, classes = convert_segmentation_map_to_binary_masks(
                 segmentation_map, mapping, ignore_index=ignore_index, do_reduce_labels=do_reduce_labels
             )
-            padding = [0, 0, padded_size[1] - image_size[1], padded_size[0] - image_size[0]]
+            padding = (0, padded_size[1] - image_size[1], 0, padded_size[0] - image_size[0])  # bottom/right
             mask_labels.append(nn.functional.pad(masks, padding, value=0.0))
             class_labels.append(classes)
         return mask_labels, class_labels

@@ -484,24 +484,17 @@ Returns:
     def _accumulate(self, prediction, reference):
         _check_segments_dict(prediction, "prediction")
         reference_map, reference_segments = _reference_segments(reference)
-        image_index = len(self._image_sizes)
         height, width = reference_map.shape
-
-        # column-major maps make every `map == id` mask column-major, the layout RLE encoding expects
-        reference_map = np.asfortranarray(reference_map)
-        for segment_id, (category, is_crowd) in reference_segments.items():
-            rle = mask_utils.encode((reference_map == segment_id).view(np.uint8))
-            self._references.append((image_index, category, is_crowd, rle))
-
         segmentation = prediction["segmentation"]
         if hasattr(segmentation, "detach"):
             segmentation = segmentation.detach().cpu().numpy()
         segmentation = np.asarray(segmentation)
         segments_info = prediction["segments_info"]
-        if segmentation.ndim not in (2, 3):
+        if segmentation.ndim not in (2, 3) or segmentation.shape[-2:] != (height, width):
             raise ValueError(
                 "prediction['segmentation'] must be a (height, width) id map or (num_segments, height, width) binary "
-                f"masks, got shape {segmentation.shape}."
+                f"masks of the reference size {(height, width)}, got shape {segmentation.shape}; resize the "
+                "prediction to the reference size first."
             )
         if segmentation.ndim == 3:
             if len(segmentation) != len(segments_info):
@@ -511,24 +504,28 @@ Returns:
                 )
             masks = segmentation
         else:
+            # a column-major map makes every `map == id` mask column-major, the layout RLE encoding expects
             segmentation = np.asfortranarray(_to_int_array(segmentation, "prediction['segmentation']"))
             segment_ids = [int(segment["id"]) for segment in segments_info]
             if len(set(segment_ids)) != len(segment_ids):
                 raise ValueError("Predicted instance ids must be unique in segments_info.")
             _check_unlisted_predicted_ids(set(np.unique(segmentation).tolist()), dict.fromkeys(segment_ids))
             masks = (segmentation == segment_id for segment_id in segment_ids)
-        if segmentation.shape[-2:] != (height, width):
-            raise ValueError(
-                f"Predicted segmentation of shape {segmentation.shape} does not match its reference of size "
-                f"{(height, width)}; resize the prediction to the reference size first."
-            )
+
+        image_index = len(self._image_sizes)
+        detections = []
         for mask, segment in zip(masks, segments_info):
             if "score" not in segment:
                 raise ValueError(f"Each predicted segment needs a 'score' for AP, got {segment}.")
             if np.issubdtype(mask.dtype, np.floating) and not np.all((mask == 0) | (mask == 1)):
                 raise ValueError("Predicted binary masks must hold only 0 and 1; threshold probabilities first.")
             rle = mask_utils.encode(np.asfortranarray(mask != 0).view(np.uint8))
-            self._detections.append((image_index, _segment_class(segment, "prediction"), float(segment["score"]), rle))
+            detections.append((image_index, _segment_class(segment, "prediction"), float(segment["score"]), rle))
+        reference_map = np.asfortranarray(reference_map)
+        for segment_id, (category, is_crowd) in reference_segments.items():
+            rle = mask_utils.encode((reference_map == segment_id).view(np.uint8))
+            self._references.append((image_index, category, is_crowd, rle))
+        self._detections.extend(detections)
         self._image_sizes.append((height, width))
 
     def _compute(self, thing_ids=None) -> dict:

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import deform_conv2d
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
@@ -143,15 +142,44 @@ class PEMContextModulation(nn.Module):
 
 
 class PEMModulatedDeformConv(nn.Module):
-    """3x3 modulated deformable convolution (DCNv2) without bias, through `torchvision.ops.deform_conv2d`."""
+    """3x3 modulated deformable convolution (DCNv2) without bias.
+
+    Computed as bilinear sampling (`grid_sample`) of the input at the 9 deformed taps, then one matrix product with
+    the weight. This equals `torchvision.ops.deform_conv2d(input, offset, weight, padding=1, mask=modulation)` (same
+    offset layout, same zero padding; checked in the tests) and is 1.5-3x faster on CPU, where torchvision's kernel
+    runs single-threaded.
+    """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
         super().__init__()
-        self.padding = kernel_size // 2
+        self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
 
     def forward(self, hidden_states: Tensor, offset: Tensor, modulation: Tensor) -> Tensor:
-        return deform_conv2d(hidden_states, offset, self.weight, padding=self.padding, mask=modulation)
+        """hidden_states (B, C, H, W); offset (B, 2 * k * k, H, W) with channel 2t = dy and 2t + 1 = dx of tap t
+        (row-major over the kernel); modulation (B, k * k, H, W). Returns (B, C_out, H, W)."""
+        batch_size, channels, height, width = hidden_states.shape
+        kernel_size, taps = self.kernel_size, self.kernel_size**2
+        kernel = torch.arange(kernel_size, dtype=offset.dtype, device=offset.device) - kernel_size // 2
+        tap_y, tap_x = kernel.repeat_interleave(kernel_size), kernel.repeat(kernel_size)  # (k * k,)
+        rows = torch.arange(height, dtype=offset.dtype, device=offset.device)[:, None]
+        columns = torch.arange(width, dtype=offset.dtype, device=offset.device)[None, :]
+        sample_y = rows + tap_y[:, None, None] + offset[:, 0::2]  # (B, k * k, H, W)
+        sample_x = columns + tap_x[:, None, None] + offset[:, 1::2]
+        # Pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: pixel i is centred at (2i + 1) / size - 1).
+        grid = torch.stack(((2 * sample_x + 1) / width - 1, (2 * sample_y + 1) / height - 1), dim=-1)
+        sampled = F.grid_sample(
+            hidden_states,
+            grid.view(batch_size, taps * height, width, 2).to(hidden_states.dtype),
+            mode="bilinear",
+            padding_mode="zeros",
+            align_corners=False,
+        )  # (B, C, k * k * H, W)
+        sampled = sampled.view(batch_size, channels, taps, height * width) * modulation.view(
+            batch_size, 1, taps, height * width
+        )
+        output = torch.matmul(self.weight.view(self.weight.shape[0], -1), sampled.view(batch_size, -1, height * width))
+        return output.view(batch_size, -1, height, width)
 
 
 class PEMDeformableLayer(nn.Module):
