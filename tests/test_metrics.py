@@ -279,7 +279,7 @@ def panoptic_case(rng, empty_prediction: bool = False) -> tuple[dict, dict]:
         for segment in reference_info:
             if rng.random() < 0.2:  # missed segment
                 continue
-            mask = np.roll(reference == segment["id"], tuple(rng.integers(-3, 4, size=2)), axis=(0, 1))
+            mask = np.roll(reference == segment["id"], tuple(rng.integers(-1, 2, size=2)), axis=(0, 1))
             category = segment["category_id"] if rng.random() < 0.8 else int(rng.choice(STUFF_IDS + THING_IDS))
             segment_id = next(new_ids) % 1000 + 1  # small ids, as from post-processing (may collide: a merge)
             prediction[mask] = segment_id
@@ -316,12 +316,14 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
     reference[8:10, 23:26] = 0  # void, 6 pixels
     reference[20:30, 30:40] = 0  # void
     reference[4:8, 30:34] = 5  # crowd person, 16 pixels
+    reference[12:16, 0:6] = 6  # person, 24 pixels
     reference_info = [
         {"id": 1, "category_id": 7, "iscrowd": 0},
         {"id": 2, "category_id": 23, "iscrowd": 0},
         {"id": 3, "category_id": 26, "iscrowd": 0},
         {"id": 4, "category_id": 26, "iscrowd": 0},
         {"id": 5, "category_id": 24, "iscrowd": 1},
+        {"id": 6, "category_id": 24, "iscrowd": 0},
     ]
     prediction = np.full((32, 40), 10, dtype=np.int64)  # road
     prediction[16:] = 20  # sky
@@ -331,6 +333,7 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
     prediction[24:28, 29:33] = 41  # person: 12 of 16 pixels on void -> ignored
     prediction[4:8, 32:36] = 60  # person: 8 of 16 pixels on the person crowd -> share 0.5, a false positive
     prediction[4:8, 30:32] = 61  # bicycle on the person crowd -> a false positive (crowd of another class)
+    prediction[12:16, 0:6] = 70  # person: a perfect match
     prediction_info = [
         {"id": 10, "category_id": 7},
         {"id": 20, "category_id": 23},
@@ -340,6 +343,7 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
         {"id": 50, "category_id": 26},
         {"id": 60, "category_id": 24},
         {"id": 61, "category_id": 33},
+        {"id": 70, "category_id": 24},
     ]
     return (
         {"segmentation": prediction, "segments_info": prediction_info},
@@ -407,9 +411,10 @@ def test_panoptic_quality_boundary_case_values():
     # (IoU exactly 0.5): 1 TP, 1 FP, 1 FN
     assert ours["per_category_rq"][26] == pytest.approx(1 / 2)
     assert ours["per_category_sq"][26] == pytest.approx(1.0)
-    # person: segments 40 and 60 are false positives (share exactly 0.5), 41 is ignored; bicycle 61: 1 FP
-    assert ours["per_category_pq"][24] == 0.0 and ours["per_category_pq"][33] == 0.0
-    assert ours["rq_things"] == pytest.approx((0.5 + 0 + 0) / 3)
+    # person: 70 matches person 6; 40 and 60 are false positives (share exactly 0.5), 41 is ignored: 1 TP, 2 FP
+    assert ours["per_category_rq"][24] == pytest.approx(1 / 2)
+    assert ours["per_category_pq"][33] == 0.0  # bicycle 61: 1 FP
+    assert ours["rq_things"] == pytest.approx((0.5 + 0.5 + 0) / 3)
 
 
 def test_panoptic_quality_accepts_post_processing_output():
@@ -469,7 +474,7 @@ def instance_case(rng, num_extra_detections: int = 3, no_detections: bool = Fals
     reference = np.zeros((height, width), dtype=np.int64)
     reference[:30] = 1  # stuff
     info = [{"id": 1, "category_id": AP_STUFF_ID, "iscrowd": 0}]
-    sides = [(100, 120)] * int(rng.random() < 0.6) + [(35, 80)] * 2 + [(2, 28)] * 5  # large, medium, small
+    sides = [(35, 80)] * 2 + [(2, 28)] * 5 + [(100, 120)] * int(rng.random() < 0.6)  # medium, small, large
     for segment_id, (min_side, max_side) in enumerate(sides, start=2):
         paint_rectangle(rng, reference, segment_id, max_side=max_side, min_side=min_side)
         category = int(rng.choice(AP_THING_IDS))

@@ -353,3 +353,14 @@ def test_deformable_convolution_equals_torchvision(height, width):
     reference_gradients = torch.autograd.grad(reference.square().sum(), (inputs, offset, modulation, layer.weight))
     for gradient, reference_gradient in zip(gradients, reference_gradients):
         torch.testing.assert_close(gradient, reference_gradient, atol=1e-3, rtol=1e-3)
+
+
+def test_inference_path_equals_the_plain_path(tiny_model):
+    """Without auxiliary outputs, intermediate masks come from resized mask features: same predictions."""
+    pixel_values = torch.randn(2, 3, 96, 160)
+    with torch.no_grad():
+        fast = tiny_model(pixel_values)
+        plain = tiny_model(pixel_values, output_auxiliary_logits=True)
+    assert fast.auxiliary_logits is None and len(plain.auxiliary_logits) == 3
+    torch.testing.assert_close(fast.class_queries_logits, plain.class_queries_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fast.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-5)

@@ -51,7 +51,7 @@ def load_case(case: str, config: PEMConfig, with_backbone: bool) -> PEMForUniver
 
 
 def check_predictions(case: str, class_logits: list[torch.Tensor], mask_logits: list[torch.Tensor]) -> None:
-    """`class_logits`/`mask_logits`: the predictions in official order (aux 0..5, then final)."""
+    """`class_logits`/`mask_logits`: the predictions in official order (aux 0..5, then final), or the final alone."""
     reference = load_file(FIXTURES / case / "outputs.safetensors")
     names = [f"aux_outputs.{i}." for i in range(len(class_logits) - 1)] + [""]
     for prefix, classes, masks in zip(names, class_logits, mask_logits):
@@ -85,6 +85,15 @@ def test_full_stdc_model_matches_official(case, layers):
         [a["masks_queries_logits"] for a in auxiliary] + [outputs.masks_queries_logits],
     )
     check_prototype_indices(case, decoder.prototype_indices)
+    # The inference path (no auxiliary predictions; attention masks from resized mask features) is exact too.
+    with torch.no_grad():
+        fast = model(pixel_values)
+        fast_decoder = model.model.transformer_module(
+            multi_scale_features, mask_features, output_intermediate_masks=False
+        )
+    assert fast.auxiliary_logits is None
+    check_predictions(case, [fast.class_queries_logits], [fast.masks_queries_logits])
+    check_prototype_indices(case, fast_decoder.prototype_indices)
 
 
 def test_r50_head_matches_official():

@@ -574,5 +574,5 @@ Returns:
         for index, category in enumerate(coco_eval.params.catIds):
             precision = coco_eval.eval["precision"][:, :, index, 0, -1]
             precision = precision[precision > -1]
-            results["per_category_ap"][category] = float(np.mean(precision)) if precision.size else float("nan")
+            results["per_category_ap"][int(category)] = float(np.mean(precision)) if precision.size else float("nan")
         return results

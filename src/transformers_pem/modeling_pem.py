@@ -469,13 +469,15 @@ class PEMTransformerDecoder(nn.Module):
         self.layernorm = nn.LayerNorm(hidden_dim)
         self.mask_embedder = PEMMaskEmbedder(hidden_dim, config.mask_dim)
 
-    def predict_masks(self, hidden_states: Tensor, mask_features: Tensor) -> tuple[Tensor, Tensor]:
-        """LayerNorm the queries and predict their mask logits (B, Q, H/4, W/4) from the mask features."""
-        normed = self.layernorm(hidden_states)
-        mask_embeddings = self.mask_embedder(normed)
-        return normed, torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
+    def forward(
+        self, multi_scale_features: list[Tensor], mask_features: Tensor, output_intermediate_masks: bool = True
+    ) -> PEMTransformerDecoderOutput:
+        """multi_scale_features: the pixel-decoder levels (strides 32, 16, 8); mask_features (B, mask_dim, H/4, W/4).
 
-    def forward(self, multi_scale_features: list[Tensor], mask_features: Tensor) -> PEMTransformerDecoderOutput:
+        With `output_intermediate_masks=False` only the final mask logits are computed at full resolution: the
+        earlier predictions are only needed as attention masks at the level sizes, and since bilinear resizing is
+        linear, they are computed directly from mask features resized to each level (same values, up to rounding).
+        """
         batch_size = mask_features.shape[0]
         memories, memory_positions, sizes = [], [], []
         for level, features in enumerate(multi_scale_features):
@@ -485,23 +487,35 @@ class PEMTransformerDecoder(nn.Module):
             memories.append(
                 self.input_projections[level](features) + self.level_embed.weight[level][None, :, None, None]
             )
+        if not output_intermediate_masks:
+            level_mask_features = [
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in sizes
+            ]
 
         query_position = self.queries_embedder.weight.unsqueeze(0).expand(batch_size, -1, -1)
         hidden_states = self.queries_features.weight.unsqueeze(0).expand(batch_size, -1, -1)
-
-        all_hidden_states = [hidden_states]
-        normed, mask_logits = self.predict_masks(hidden_states, mask_features)
-        intermediate_states, masks_queries_logits, prototype_indices = [normed], [mask_logits], []
-        for index, layer in enumerate(self.layers):
+        all_hidden_states, intermediate_states, masks_queries_logits, prototype_indices = [hidden_states], [], [], []
+        num_layers = len(self.layers)
+        # Prediction i comes from the queries after i layers (prediction 0 from the learnable queries) and masks the
+        # cross-attention of layer i, which attends to level i % num_feature_levels.
+        for index in range(num_layers + 1):
+            normed = self.layernorm(hidden_states)
+            mask_embeddings = self.mask_embedder(normed)  # (B, Q, mask_dim)
+            intermediate_states.append(normed)
+            if output_intermediate_masks or index == num_layers:
+                mask_logits = torch.einsum("bqc,bchw->bqhw", mask_embeddings, mask_features)
+                masks_queries_logits.append(mask_logits)
+            if index == num_layers:
+                break
             level = index % self.num_feature_levels
-            attention_mask = F.interpolate(mask_logits, size=sizes[level], mode="bilinear", align_corners=False)
-            hidden_states, indices = layer(
+            if output_intermediate_masks:
+                attention_mask = F.interpolate(mask_logits, size=sizes[level], mode="bilinear", align_corners=False)
+            else:
+                attention_mask = torch.einsum("bqc,bchw->bqhw", mask_embeddings, level_mask_features[level])
+            hidden_states, indices = self.layers[index](
                 hidden_states, memories[level], memory_positions[level], query_position, attention_mask
             )
-            normed, mask_logits = self.predict_masks(hidden_states, mask_features)
             all_hidden_states.append(hidden_states)
-            intermediate_states.append(normed)
-            masks_queries_logits.append(mask_logits)
             prototype_indices.append(indices)
 
         return PEMTransformerDecoderOutput(
@@ -606,6 +620,7 @@ class PEMModel(PEMPreTrainedModel):
         pixel_values: Tensor,
         pixel_mask: Tensor | None = None,
         output_hidden_states: bool | None = None,
+        output_intermediate_masks: bool = True,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PEMModelOutput | tuple:
@@ -615,6 +630,9 @@ class PEMModel(PEMPreTrainedModel):
             and crops the mask logits back to `ceil(height / 4) x ceil(width / 4)`.
         pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
             Accepted for API compatibility with Mask2Former and ignored, like the official model ignores padding.
+        output_intermediate_masks (`bool`, *optional*, defaults to `True`):
+            Compute the full-resolution mask logits of every prediction. With `False`, `masks_queries_logits` holds
+            only the final prediction, and the faster inference path is used (see [`PEMTransformerDecoder`]).
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -630,7 +648,9 @@ class PEMModel(PEMPreTrainedModel):
             pixel_values = F.pad(pixel_values, (0, pad_width, 0, pad_height))
         pixel_level_outputs = self.pixel_level_module(pixel_values, output_hidden_states)
         decoder_outputs = self.transformer_module(
-            list(pixel_level_outputs.decoder_hidden_states), pixel_level_outputs.decoder_last_hidden_state
+            list(pixel_level_outputs.decoder_hidden_states),
+            pixel_level_outputs.decoder_last_hidden_state,
+            output_intermediate_masks=output_intermediate_masks,
         )
         masks_queries_logits = decoder_outputs.masks_queries_logits
         if pad_height or pad_width:
@@ -726,13 +746,24 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         if (mask_labels is None) != (class_labels is None):
             raise ValueError("Pass both `mask_labels` and `class_labels` to compute the loss, or neither.")
 
-        outputs = self.model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
-        class_logits = [self.class_predictor(states) for states in outputs.transformer_decoder_intermediate_states]
+        # The auxiliary (earlier) predictions are only computed at full resolution when they are needed.
+        needs_auxiliary = bool(output_auxiliary_logits) or (mask_labels is not None and self.config.use_auxiliary_loss)
+        outputs = self.model(
+            pixel_values,
+            output_hidden_states=output_hidden_states,
+            output_intermediate_masks=needs_auxiliary,
+            return_dict=True,
+        )
         masks_logits = outputs.masks_queries_logits
-        auxiliary_logits = [
-            {"class_queries_logits": classes, "masks_queries_logits": masks}
-            for classes, masks in zip(class_logits[:-1], masks_logits[:-1])
-        ]
+        if needs_auxiliary:
+            class_logits = [self.class_predictor(states) for states in outputs.transformer_decoder_intermediate_states]
+            auxiliary_logits = [
+                {"class_queries_logits": classes, "masks_queries_logits": masks}
+                for classes, masks in zip(class_logits[:-1], masks_logits[:-1])
+            ]
+        else:
+            class_logits = [self.class_predictor(outputs.transformer_decoder_intermediate_states[-1])]
+            auxiliary_logits = None
 
         loss, loss_dict = None, None
         if mask_labels is not None:
