@@ -317,11 +317,13 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
     reference[20:30, 30:40] = 0  # void
     reference[4:8, 30:34] = 5  # crowd person, 16 pixels
     reference[12:16, 0:6] = 6  # person, 24 pixels
+    reference[12:14, 30:36] = 7  # a second person crowd, listed first: the official scripts use the last one
     reference_info = [
         {"id": 1, "category_id": 7, "iscrowd": 0},
         {"id": 2, "category_id": 23, "iscrowd": 0},
         {"id": 3, "category_id": 26, "iscrowd": 0},
         {"id": 4, "category_id": 26, "iscrowd": 0},
+        {"id": 7, "category_id": 24, "iscrowd": 1},
         {"id": 5, "category_id": 24, "iscrowd": 1},
         {"id": 6, "category_id": 24, "iscrowd": 0},
     ]
@@ -334,6 +336,7 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
     prediction[4:8, 32:36] = 60  # person: 8 of 16 pixels on the person crowd -> share 0.5, a false positive
     prediction[4:8, 30:32] = 61  # bicycle on the person crowd -> a false positive (crowd of another class)
     prediction[12:16, 0:6] = 70  # person: a perfect match
+    prediction[12:14, 30:36] = 62  # person on the first-listed crowd -> a false positive
     prediction_info = [
         {"id": 10, "category_id": 7},
         {"id": 20, "category_id": 23},
@@ -343,6 +346,7 @@ def boundary_panoptic_case() -> tuple[dict, dict]:
         {"id": 50, "category_id": 26},
         {"id": 60, "category_id": 24},
         {"id": 61, "category_id": 33},
+        {"id": 62, "category_id": 24},
         {"id": 70, "category_id": 24},
     ]
     return (
@@ -411,10 +415,11 @@ def test_panoptic_quality_boundary_case_values():
     # (IoU exactly 0.5): 1 TP, 1 FP, 1 FN
     assert ours["per_category_rq"][26] == pytest.approx(1 / 2)
     assert ours["per_category_sq"][26] == pytest.approx(1.0)
-    # person: 70 matches person 6; 40 and 60 are false positives (share exactly 0.5), 41 is ignored: 1 TP, 2 FP
-    assert ours["per_category_rq"][24] == pytest.approx(1 / 2)
+    # person: 70 matches person 6; 40 and 60 (share exactly 0.5) and 62 (on the crowd that is not the last listed)
+    # are false positives, 41 is ignored: 1 TP, 3 FP
+    assert ours["per_category_rq"][24] == pytest.approx(1 / 2.5)
     assert ours["per_category_pq"][33] == 0.0  # bicycle 61: 1 FP
-    assert ours["rq_things"] == pytest.approx((0.5 + 0.5 + 0) / 3)
+    assert ours["rq_things"] == pytest.approx((0.5 + 0.4 + 0) / 3)
 
 
 def test_panoptic_quality_accepts_post_processing_output():
@@ -441,6 +446,11 @@ def test_panoptic_quality_rejects_bad_input():
     metric = PanopticQuality()
     with pytest.raises(ValueError, match="not in segments_info"):
         metric.add(prediction={"segmentation": prediction["segmentation"], "segments_info": []}, reference=reference)
+    with pytest.raises(ValueError, match=r"Reference ids \[6\] occur"):
+        unlisted = [segment for segment in reference["segments_info"] if segment["id"] != 6]
+        metric.add(
+            prediction=prediction, reference={"segmentation": reference["segmentation"], "segments_info": unlisted}
+        )
     with pytest.raises(ValueError, match="reserved for void"):
         metric.add(
             prediction=prediction,
@@ -457,7 +467,9 @@ def test_panoptic_quality_rejects_bad_input():
         metric.compute(thing_ids=[24, 26], stuff_ids=[7, 23])
     with pytest.raises(ValueError, match="both thing_ids and stuff_ids"):
         metric.compute(thing_ids=[24, 26, 33, 7], stuff_ids=[7, 23])
-    assert metric.compute(thing_ids=[24, 26, 33], stuff_ids=[7, 23])["rq_things"] >= 0
+    # the failed calls left no partial statistics, and the failed computes kept them
+    assert len(metric) == 1
+    assert metric.compute(thing_ids=[24, 26, 33], stuff_ids=[7, 23])["rq_things"] == pytest.approx(0.9 / 3)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -618,7 +630,7 @@ def test_mask_ap_without_detections_is_zero():
         assert value == 0.0 if category in present else math.isnan(value)
 
 
-def test_mask_ap_rejects_bad_input():
+def test_mask_ap_rejects_bad_input(tmp_path):
     rng = np.random.default_rng(5)
     prediction, reference = instance_case(rng)
     metric = MaskAP()
@@ -633,6 +645,14 @@ def test_mask_ap_rejects_bad_input():
             prediction={"segmentation": probabilities, "segments_info": prediction["segments_info"]},
             reference=reference,
         )
+    with pytest.raises(ValueError, match=r"Reference ids \[1\] occur"):
+        unlisted = {"segmentation": reference["segmentation"], "segments_info": reference["segments_info"][1:]}
+        metric.add(prediction=prediction, reference=unlisted)
+    # the failed calls kept nothing: the metric now gives the result of the valid example alone
+    metric.add(prediction=prediction, reference=reference)
+    ours = metric.compute(thing_ids=AP_THING_IDS)
+    stats, per_category = cocoeval_results(tmp_path, [(prediction, reference)], AP_THING_IDS)
+    assert_ap_equal(ours, stats, per_category)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def load_cityscapes(
 
     if task == "semantic":
         targets = [Path(f"{prefix}labelTrainIds.png") for prefix in gt_prefixes]
-        missing = [(label, target) for label, target in zip(gt_prefixes, targets) if not target.exists()]
+        missing = [(prefix, target) for prefix, target in zip(gt_prefixes, targets) if not target.exists()]
         if missing and not write_train_ids:
             raise ValueError(
                 f"{len(missing)} labelTrainIds files are missing, e.g. {missing[0][1]}. Create them with "
@@ -125,7 +125,13 @@ def load_cityscapes(
             label_ids = np.array(_open_image(label_path))
             if label_ids.ndim != 2 or label_ids.max(initial=0) > 255:
                 raise ValueError(f"{label_path} is not a Cityscapes labelIds map (single-channel ids 0..33).")
-            PIL.Image.fromarray(lut[label_ids]).save(target)
+            try:
+                PIL.Image.fromarray(lut[label_ids]).save(target)
+            except OSError as error:
+                raise ValueError(
+                    f"Cannot write {target} ({error}): create the labelTrainIds files with cityscapesscripts' "
+                    "createTrainIdLabelImgs, or use a writable copy of the dataset."
+                ) from error
         columns["semantic"] = [str(path) for path in targets]
     else:
         json_path = root / "gtFine" / f"cityscapes_panoptic_{split}.json"
@@ -250,12 +256,8 @@ def load_segmentation_dataset(
         image and target sizes.
     """
     _check_task(task)
-    if isinstance(source, datasets.DatasetDict):
-        if split not in source:
-            raise ValueError(f"Split {split!r} not found in the DatasetDict; available splits: {sorted(source)}.")
-        dataset = source[split]
-    elif isinstance(source, datasets.Dataset):
-        dataset = source
+    if isinstance(source, (datasets.Dataset, datasets.DatasetDict)):
+        dataset = _pick_split(source, split, "the DatasetDict")
     else:
         dataset = _load_dataset_source(str(source), split, load_dataset_kwargs)
 
@@ -310,7 +312,9 @@ def _load_dataset_source(source: str, split: str, load_dataset_kwargs: dict) -> 
         if "split" in str(error).lower() and "unknown" in str(error).lower():
             raise ValueError(f"Split {split!r} not found in {source}: {error}") from error
         raise
-    except FileNotFoundError as error:
+    except datasets.exceptions.DatasetGenerationError as error:
+        raise ValueError(f"Cannot load {source!r}: {error.__cause__ or error}") from error
+    except (FileNotFoundError, ConnectionError) as error:
         raise ValueError(
             f"Cannot load {source!r}: it is neither a local dataset (folder or .parquet file) nor a dataset found on "
             f"the Hub ({error})."
@@ -557,10 +561,20 @@ class RandomShortestEdgeResize(v2.Transform):
     detectron2 `ResizeShortestEdge(short_edge_lengths, max_size, "choice")`: resize the short side to a length drawn
     from `short_edge_lengths`, shrinking further if the long side would exceed `max_size` (detectron2 rounding). Images
     are resized bilinearly with antialiasing (as PIL does in detectron2), masks with nearest neighbour, exactly.
+    detectron2 resizes semantic maps with torch's `nearest` (`InterpolationMode.NEAREST`, the default here) but the
+    RGB panoptic PNGs with PIL's `NEAREST`, which samples pixel centres (`InterpolationMode.NEAREST_EXACT`).
     """
 
-    def __init__(self, short_edge_lengths: Sequence[int], max_size: int):
+    def __init__(
+        self,
+        short_edge_lengths: Sequence[int],
+        max_size: int,
+        mask_interpolation: v2.InterpolationMode = v2.InterpolationMode.NEAREST,
+    ):
         super().__init__()
+        if mask_interpolation not in (v2.InterpolationMode.NEAREST, v2.InterpolationMode.NEAREST_EXACT):
+            raise ValueError(f"mask_interpolation must be NEAREST or NEAREST_EXACT, got {mask_interpolation}.")
+        self.mask_interpolation = mask_interpolation
         if not short_edge_lengths or min(short_edge_lengths) <= 0:
             raise ValueError(f"short_edge_lengths must be positive lengths, got {short_edge_lengths}.")
         self.short_edge_lengths = [int(length) for length in short_edge_lengths]
@@ -574,7 +588,7 @@ class RandomShortestEdgeResize(v2.Transform):
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         if isinstance(inpt, tv_tensors.Mask):
             # float64 keeps every id exact (float32 would stop at 2**24).
-            resized = F.resize(inpt.to(torch.float64), params["size"], interpolation=v2.InterpolationMode.NEAREST)
+            resized = F.resize(inpt.to(torch.float64), params["size"], interpolation=self.mask_interpolation)
             return tv_tensors.wrap(resized.to(inpt.dtype), like=inpt)
         if isinstance(inpt, tv_tensors.Image):
             return F.resize(inpt, params["size"], interpolation=v2.InterpolationMode.BILINEAR, antialias=True)
@@ -768,15 +782,17 @@ def build_train_augmentation(
     horizontal_flip: bool = True,
     pad_to_crop_size: bool = False,
     ignore_index: int = 255,
+    mask_interpolation: v2.InterpolationMode = v2.InterpolationMode.NEAREST,
 ) -> v2.Compose:
     """
     The official training augmentation, in the official order: random short-side resize, random crop (with the
     single-category area rule), SSD colour distortion, horizontal flip (p=0.5), and with `pad_to_crop_size` the
     padding of smaller crops to `crop_size` (ADE20K's `SIZE_DIVISIBILITY`). Call it on `(tv_tensors.Image,
-    tv_tensors.Mask)` with a uint8 image and a label map from `encode_label_map`.
+    tv_tensors.Mask)` with a uint8 image and a label map from `encode_label_map`. `mask_interpolation`: see
+    [`RandomShortestEdgeResize`].
     """
     transforms = [
-        RandomShortestEdgeResize(min_sizes, max_size),
+        RandomShortestEdgeResize(min_sizes, max_size, mask_interpolation),
         RandomCropWithCategoryAreaConstraint(crop_size, single_category_max_area, ignore_index),
     ]
     if color_augmentation:
@@ -800,7 +816,8 @@ def official_train_augmentation(
     | ade20k, semantic | `[int(x * 0.1 * 512) for x in range(5, 21)]` | 2048 | 512 x 512 | yes |
     | ade20k, panoptic | `[int(x * 0.1 * 640) for x in range(5, 21)]` | 2560 | 640 x 640 | yes |
 
-    all with `SINGLE_CATEGORY_MAX_AREA 1.0`, `COLOR_AUG_SSD True` and horizontal flips. `scale` multiplies every
+    all with `SINGLE_CATEGORY_MAX_AREA 1.0`, `COLOR_AUG_SSD True` and horizontal flips; targets are resized as
+    detectron2 resizes them for the task (see [`RandomShortestEdgeResize`]). `scale` multiplies every
     length (e.g. 0.125 for 128 x 256 images instead of 1024 x 2048).
     """
     if dataset not in ("cityscapes", "ade20k"):
@@ -821,6 +838,7 @@ def official_train_augmentation(
         (max(int(crop[0] * scale), 1), max(int(crop[1] * scale), 1)),
         pad_to_crop_size=dataset == "ade20k",
         ignore_index=ignore_index,
+        mask_interpolation=v2.InterpolationMode.NEAREST if task == "semantic" else v2.InterpolationMode.NEAREST_EXACT,
     )
 
 
@@ -995,10 +1013,12 @@ __all__ = [
     "build_train_augmentation",
     "collate_fn",
     "encode_label_map",
+    "hsv_uint8_to_rgb",
     "load_ade20k",
     "load_cityscapes",
     "load_segmentation_dataset",
     "official_train_augmentation",
+    "rgb_to_hsv_uint8",
     "rgb_to_id",
     "sample_seed",
     "segment_ids_from_image",

@@ -132,10 +132,11 @@ def _expand_grayscale_arrays(images: ImageInput) -> ImageInput:
 
 def prepare_segmentation_maps(segmentation_maps: ImageInput, num_images: int) -> list[torch.Tensor]:
     """
-    Turn segmentation maps (a PIL image, array or tensor, or a list of them; a 3-D array/tensor is a batch) into a list
-    of int64 `(height, width)` tensors, one per image.
+    Turn segmentation maps (a PIL image, array or tensor, or a list of them; a `(batch_size, height, width)`
+    array/tensor is a batch) into a list of int64 `(height, width)` tensors, one per image.
     """
-    if isinstance(segmentation_maps, (np.ndarray, torch.Tensor)) and segmentation_maps.ndim == 3:
+    is_array = isinstance(segmentation_maps, (np.ndarray, torch.Tensor))
+    if is_array and segmentation_maps.ndim == 3 and segmentation_maps.shape[0] == num_images:
         segmentation_maps = list(segmentation_maps)
     elif not isinstance(segmentation_maps, (list, tuple)):
         segmentation_maps = [segmentation_maps]

@@ -30,7 +30,7 @@ _SEGMENTS_FORMAT = """
     - predictions: `{"segmentation": (height, width) int ids, "segments_info": [{"id", "label_id", ...}, ...]}`, as
       returned by `post_process_panoptic_segmentation`/`post_process_instance_segmentation`. The class may be given
       as `"label_id"` or `"category_id"`. Pixels whose id is not listed in `segments_info` must have an id <= 0 and
-      are void (unassigned); several entries with the same id and class (fused stuff segments) are one segment.
+      are void (unassigned). For PQ, several entries with the same id and class (fused stuff) are one segment.
     - references: COCO-panoptic style `{"segmentation": (height, width) int ids, "segments_info": [{"id",
       "category_id", "iscrowd"}, ...]}` (`"label_id"` is accepted for the class, `"iscrowd"` defaults to 0). Id 0
       marks void pixels; every other id in the map must be listed, and listed ids must be non-zero. Decode COCO
@@ -94,13 +94,13 @@ class _StreamingMetric(evaluate.Metric):
         raise NotImplementedError
 
 
-def _to_int_array(array, name: str, ndim: int = 2) -> np.ndarray:
-    """Converts a numpy array / torch tensor / PIL image of integer values into an int64 numpy array."""
+def _to_int_array(array, name: str) -> np.ndarray:
+    """Converts a 2-D numpy array / torch tensor / PIL image of integer values into an int64 numpy array."""
     if hasattr(array, "detach"):
         array = array.detach().cpu().numpy()
     array = np.asarray(array)
-    if array.ndim != ndim:
-        raise ValueError(f"{name} must be a {ndim}-D array, got shape {array.shape}.")
+    if array.ndim != 2:
+        raise ValueError(f"{name} must be a 2-D (height, width) array, got shape {array.shape}.")
     if array.dtype == bool or np.issubdtype(array.dtype, np.integer):
         return array.astype(np.int64, copy=False)
     if np.issubdtype(array.dtype, np.floating) and np.array_equal(array, np.round(array)):
@@ -160,10 +160,13 @@ def _reference_segments(reference: dict) -> tuple[np.ndarray, dict[int, tuple[in
         if segment_id in segments:
             raise ValueError(f"Reference segment id {segment_id} is listed twice in segments_info.")
         segments[segment_id] = (_segment_class(segment, "reference"), bool(segment.get("iscrowd", 0)))
-    unlisted = set(np.unique(id_map).tolist()) - set(segments) - {0}
+    return id_map, segments
+
+
+def _check_unlisted_reference_ids(pixel_ids, segments: dict[int, tuple[int, bool]]):
+    unlisted = set(pixel_ids) - set(segments) - {0}
     if unlisted:
         raise ValueError(f"Reference ids {sorted(unlisted)} occur in the segmentation map but not in segments_info.")
-    return id_map, segments
 
 
 def _check_unlisted_predicted_ids(pixel_ids, segments: dict[int, int]):
@@ -349,6 +352,7 @@ Returns:
             )
         # overlaps[(reference id, predicted id)] in pixels; unlisted predicted ids are void and become None
         reference_ids, predicted_ids, counts = _joint_histogram(reference_map, predicted_map)
+        _check_unlisted_reference_ids(reference_ids.tolist(), reference_segments)
         _check_unlisted_predicted_ids(set(predicted_ids.tolist()), predicted_classes)
         self._seen_classes.update(predicted_classes.values())
         self._seen_classes.update(category for category, _ in reference_segments.values())
@@ -477,13 +481,14 @@ Returns:
 
     def _reset(self):
         self._num_examples = 0
-        self._image_sizes = []
-        self._references = []  # (image index, class, iscrowd, RLE)
-        self._detections = []  # (image index, class, score, RLE)
+        self._image_sizes = []  # (height, width)
+        self._references = []  # (image index, class, iscrowd, RLE of the transposed mask)
+        self._detections = []  # (image index, class, score, RLE of the transposed mask)
 
     def _accumulate(self, prediction, reference):
         _check_segments_dict(prediction, "prediction")
         reference_map, reference_segments = _reference_segments(reference)
+        _check_unlisted_reference_ids(np.unique(reference_map).tolist(), reference_segments)
         height, width = reference_map.shape
         segmentation = prediction["segmentation"]
         if hasattr(segmentation, "detach"):
@@ -502,10 +507,9 @@ Returns:
                     f"Got {len(segmentation)} predicted binary masks but {len(segments_info)} segments_info entries; "
                     "segments_info[i] must describe mask i."
                 )
-            masks = segmentation
+            masks = (_binary_mask(mask) for mask in segmentation)
         else:
-            # a column-major map makes every `map == id` mask column-major, the layout RLE encoding expects
-            segmentation = np.asfortranarray(_to_int_array(segmentation, "prediction['segmentation']"))
+            segmentation = _to_int_array(segmentation, "prediction['segmentation']")
             segment_ids = [int(segment["id"]) for segment in segments_info]
             if len(set(segment_ids)) != len(segment_ids):
                 raise ValueError("Predicted instance ids must be unique in segments_info.")
@@ -517,14 +521,10 @@ Returns:
         for mask, segment in zip(masks, segments_info):
             if "score" not in segment:
                 raise ValueError(f"Each predicted segment needs a 'score' for AP, got {segment}.")
-            if np.issubdtype(mask.dtype, np.floating) and not np.all((mask == 0) | (mask == 1)):
-                raise ValueError("Predicted binary masks must hold only 0 and 1; threshold probabilities first.")
-            rle = mask_utils.encode(np.asfortranarray(mask != 0).view(np.uint8))
-            detections.append((image_index, _segment_class(segment, "prediction"), float(segment["score"]), rle))
-        reference_map = np.asfortranarray(reference_map)
+            category = _segment_class(segment, "prediction")
+            detections.append((image_index, category, float(segment["score"]), _encode_transposed(mask)))
         for segment_id, (category, is_crowd) in reference_segments.items():
-            rle = mask_utils.encode((reference_map == segment_id).view(np.uint8))
-            self._references.append((image_index, category, is_crowd, rle))
+            self._references.append((image_index, category, is_crowd, _encode_transposed(reference_map == segment_id)))
         self._detections.extend(detections)
         self._image_sizes.append((height, width))
 
@@ -534,7 +534,8 @@ Returns:
         else:
             category_ids = sorted({int(category) for category in thing_ids})
         evaluated = set(category_ids)
-        images = [{"id": index + 1, "height": h, "width": w} for index, (h, w) in enumerate(self._image_sizes)]
+        # the RLEs describe transposed masks, hence the swapped sizes
+        images = [{"id": index + 1, "height": w, "width": h} for index, (h, w) in enumerate(self._image_sizes)]
         categories = [{"id": category} for category in category_ids]
 
         def coco_dataset(annotations) -> COCO:
@@ -556,7 +557,6 @@ Returns:
         for annotation_id, annotation in enumerate(references + detections, start=1):
             annotation["id"] = annotation_id
             annotation["area"] = float(mask_utils.area(annotation["segmentation"]))
-            annotation["bbox"] = mask_utils.toBbox(annotation["segmentation"]).tolist()
 
         with contextlib.redirect_stdout(io.StringIO()):
             coco_eval = COCOeval(coco_dataset(references), coco_dataset(detections), iouType="segm")
@@ -576,3 +576,21 @@ Returns:
             precision = precision[precision > -1]
             results["per_category_ap"][int(category)] = float(np.mean(precision)) if precision.size else float("nan")
         return results
+
+
+def _binary_mask(mask: np.ndarray) -> np.ndarray:
+    """A bool mask from a bool, integer or float 0/1 mask."""
+    if mask.dtype == bool:
+        return mask
+    binary = mask == 1
+    if np.count_nonzero(binary) + np.count_nonzero(mask == 0) != mask.size:
+        raise ValueError("Predicted binary masks must hold only 0 and 1; threshold probabilities first.")
+    return binary
+
+
+def _encode_transposed(mask: np.ndarray) -> dict:
+    """COCO RLE of `mask.T`, which needs no copy of a row-major mask (COCO encodes column-major arrays).
+
+    IoU and area, the only mask properties COCOeval uses, are the same for a mask and its transpose.
+    """
+    return mask_utils.encode(np.ascontiguousarray(mask).T.view(np.uint8))

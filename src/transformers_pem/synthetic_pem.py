@@ -454,10 +454,16 @@ def generate_cityscapes(
                 )
             panoptic = np.where(lut[label_ids][..., None] == 255, 0, id_to_rgb(instance_ids)).astype(np.uint8)
             _save_png(panoptic, panoptic_dir / f"{stem}_gtFine_panoptic.png")
-            images.append({"id": stem, "width": width, "height": height, "file_name": f"{stem}_leftImg8bit.png"})
+            # createPanopticImgs names the image "<stem>_gtFine_leftImg8bit.png" (sic).
+            images.append(
+                {"id": stem, "width": width, "height": height, "file_name": f"{stem}_gtFine_leftImg8bit.png"}
+            )
             annotations.append(
                 {"image_id": stem, "file_name": f"{stem}_gtFine_panoptic.png", "segments_info": segments_info}
             )
+        # Listed in the order of createPanopticImgs (sorted file paths).
+        images.sort(key=lambda image: image["id"])
+        annotations.sort(key=lambda annotation: annotation["image_id"])
         with open(root / "gtFine" / f"cityscapes_panoptic_{split}.json", "w") as f:
             json.dump({"images": images, "annotations": annotations, "categories": categories}, f, sort_keys=True)
     return root

@@ -45,6 +45,7 @@ def draw_segmentation(
     palette: str | list[tuple[int, int, int]] | None = None,
     alpha: float = 0.6,
     show_legend: bool = True,
+    ignore_index: int | None = 255,
 ) -> PIL.Image.Image:
     """
     Draw a semantic, panoptic or instance result as a colour overlay with a legend of the classes it contains.
@@ -54,8 +55,8 @@ def draw_segmentation(
             The image the result belongs to, at the result's size (post-process with `target_sizes` = the image size).
             `None` draws the colour map alone.
         segmentation (`torch.Tensor` or `np.ndarray` of shape `(height, width)`):
-            Class ids (semantic result; values outside the label range, e.g. 255, stay uncoloured), or segment ids of
-            a panoptic / instance result together with `segments_info` (ids without an entry stay uncoloured).
+            Class ids (a semantic result or label map), or segment ids of a panoptic / instance result together with
+            `segments_info` (ids without an entry, e.g. void, stay uncoloured).
         segments_info (`list[dict]`, *optional*):
             The `segments_info` of a panoptic or instance result (`id`, `label_id`, `was_fused`).
         id2label (`dict[int, str]`, *optional*):
@@ -67,6 +68,8 @@ def draw_segmentation(
             Opacity of the colours over the image.
         show_legend (`bool`, *optional*, defaults to `True`):
             Add a legend panel on the right.
+        ignore_index (`int`, *optional*, defaults to 255):
+            Class id left uncoloured in semantic maps (e.g. the ignored pixels of a ground-truth map).
 
     Returns:
         `PIL.Image.Image`: the RGB overlay (plus legend).
@@ -78,8 +81,8 @@ def draw_segmentation(
             "default format (not return_binary_maps / return_coco_annotation)."
         )
     if segments_info is None:
-        class_map = segmentation.astype(np.int64)
-        segments = [(class_map == label, label, 0) for label in np.unique(class_map)]
+        labels = [int(label) for label in np.unique(segmentation) if label != ignore_index]
+        segments = [(segmentation == label, label, 0) for label in labels]
     else:
         instance_counts: dict[int, int] = {}
         segments = []
@@ -88,15 +91,10 @@ def draw_segmentation(
             shade = 0 if segment.get("was_fused", False) else instance_counts.get(label, 0)
             instance_counts[label] = shade + 1
             segments.append((segmentation == segment["id"], label, shade))
-    # The label range: id2label, else the palette, else the largest label present.
-    if id2label:
-        num_labels = len(id2label)
-    elif palette is not None:
-        num_labels = 0
-    else:
-        num_labels = max((label + 1 for _, label, _ in segments), default=0)
+    if any(label < 0 for _, label, _ in segments):
+        raise ValueError("Class ids must be non-negative; pass the ignored value as ignore_index.")
+    num_labels = max([len(id2label) if id2label else 0] + [label + 1 for _, label, _ in segments])
     colours = get_palette(palette, num_labels)
-    segments = [(mask, label, shade) for mask, label, shade in segments if 0 <= label < len(colours) and mask.any()]
 
     height, width = segmentation.shape
     colour_map = np.zeros((height, width, 3), dtype=np.float32)

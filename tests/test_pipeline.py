@@ -1,0 +1,189 @@
+"""pipeline("image-segmentation") and trust_remote_code on a tiny saved PEM checkpoint (offline)."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, ResNetConfig, pipeline
+
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation
+from transformers_pem.image_processing_pem import PEMImageProcessor
+from transformers_pem.image_processing_pem_pil import PEMImageProcessorPil
+
+ID2LABEL = {0: "background", 1: "square", 2: "disc"}
+# 50x70 is resized to 64x90 and padded to 64x96: results must drop the padding.
+IMAGE = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A tiny PEM (ResNet-style backbone) and its processor, saved like a released checkpoint."""
+    torch.manual_seed(0)
+    backbone = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 16, 16, 16],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    config = PEMConfig(
+        backbone_config=backbone,
+        conv_dim=16,
+        mask_dim=16,
+        hidden_dim=32,
+        num_queries=8,
+        num_attention_heads=4,
+        dim_feedforward=32,
+        decoder_layers=3,
+        id2label=ID2LABEL,
+        thing_ids=[1, 2],
+    )
+    model = PEMForUniversalSegmentation(config).eval()
+    with torch.no_grad():  # confident classes, so that every subtask finds segments
+        model.class_predictor.bias.copy_(torch.tensor([0.0, 8.0, 5.0, -4.0]))
+    processor = PEMImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, thing_ids=[1, 2])
+    directory = tmp_path_factory.mktemp("tiny-pem")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory, model, processor
+
+
+def direct_results(model, processor, subtask):
+    """The processor + model + post-processing path, with the processor's pixel_mask passed explicitly."""
+    inputs = processor(IMAGE, return_tensors="pt")
+    with torch.no_grad():
+        outputs = model(pixel_values=inputs["pixel_values"])
+    kwargs = {"target_sizes": [(IMAGE.height, IMAGE.width)], "pixel_mask": inputs["pixel_mask"]}
+    if subtask == "semantic":
+        return processor.post_process_semantic_segmentation(outputs, **kwargs)[0]
+    kwargs.update(threshold=0.3, mask_threshold=0.5, overlap_mask_area_threshold=0.5)
+    if subtask == "instance":
+        return processor.post_process_instance_segmentation(outputs, **kwargs)[0]
+    return processor.post_process_panoptic_segmentation(outputs, **kwargs)[0]
+
+
+def test_checkpoint_carries_code_and_auto_map(checkpoint):
+    directory, _, _ = checkpoint
+    for name in ("configuration_pem.py", "modeling_pem.py", "image_processing_pem.py", "labels_pem.py"):
+        assert (directory / name).is_file()
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoConfig"] == "configuration_pem.PEMConfig"
+    assert auto_map["AutoModelForUniversalSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
+    assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
+    processor_auto_map = json.loads((directory / "preprocessor_config.json").read_text())["auto_map"]
+    assert processor_auto_map["AutoImageProcessor"] == "image_processing_pem.PEMImageProcessor"
+
+
+def test_auto_classes_load_the_checkpoint(checkpoint):
+    directory, _, _ = checkpoint
+    assert type(AutoModelForUniversalSegmentation.from_pretrained(directory)) is PEMForUniversalSegmentation
+    assert type(AutoImageProcessor.from_pretrained(directory)) is PEMImageProcessor
+    assert type(AutoImageProcessor.from_pretrained(directory, backend="pil")) is PEMImageProcessorPil
+
+
+@pytest.mark.parametrize("subtask", [None, "semantic", "instance", "panoptic"])
+def test_pipeline_matches_the_processor_and_model(checkpoint, subtask):
+    directory, model, processor = checkpoint
+    segmenter = pipeline("image-segmentation", model=str(directory), trust_remote_code=False)
+    annotations = segmenter(IMAGE, subtask=subtask, threshold=0.3, overlap_mask_area_threshold=0.5)
+    expected = direct_results(model, processor, subtask or "panoptic")  # the pipeline's default is panoptic
+    assert annotations, "the biased tiny model should produce segments"
+    if subtask == "semantic":
+        labels = expected.unique().tolist()
+        assert [a["label"] for a in annotations] == [ID2LABEL[label] for label in labels]
+        masks = [(expected == label).numpy() for label in labels]
+    else:
+        assert [a["label"] for a in annotations] == [ID2LABEL[s["label_id"]] for s in expected["segments_info"]]
+        assert [a["score"] for a in annotations] == [s["score"] for s in expected["segments_info"]]
+        masks = [(expected["segmentation"] == s["id"]).numpy() for s in expected["segments_info"]]
+    for annotation, mask in zip(annotations, masks):
+        assert annotation["mask"].mode == "L" and annotation["mask"].size == IMAGE.size
+        assert np.array_equal(np.asarray(annotation["mask"]) > 0, mask)
+
+
+REMOTE_CODE_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np, PIL.Image, torch
+    from transformers import (AutoConfig, AutoImageProcessor, AutoModelForSemanticSegmentation,
+                              AutoModelForUniversalSegmentation, pipeline)
+
+    directory = sys.argv[1]
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    config = AutoConfig.from_pretrained(directory, trust_remote_code=True)
+    model = AutoModelForUniversalSegmentation.from_pretrained(directory, trust_remote_code=True).eval()
+    semantic_model = AutoModelForSemanticSegmentation.from_pretrained(directory, trust_remote_code=True)
+    processor = AutoImageProcessor.from_pretrained(directory, trust_remote_code=True)
+    inputs = processor(image, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).class_queries_logits
+    segmenter = pipeline("image-segmentation", model=directory, trust_remote_code=True)
+    annotations = segmenter(image, subtask="panoptic", threshold=0.3, overlap_mask_area_threshold=0.5)
+    print(json.dumps({
+        "classes": [type(config).__name__, type(model).__name__, type(semantic_model).__name__,
+                    type(processor).__name__],
+        "modules": [type(model).__module__, type(processor).__module__],
+        "logits": logits.tolist(),
+        "labels": [a["label"] for a in annotations],
+        "mask_sums": [int((np.asarray(a["mask"]) > 0).sum()) for a in annotations],
+        "imported_transformers_pem": "transformers_pem" in sys.modules,
+    }))
+    """
+)
+
+
+def test_trust_remote_code_in_a_fresh_process(checkpoint, tmp_path):
+    """A process that never imports transformers_pem loads everything from the checkpoint's own code files."""
+    directory, model, processor = checkpoint
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    completed = subprocess.run(
+        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(directory)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert not result["imported_transformers_pem"]
+    assert result["classes"] == [
+        "PEMConfig",
+        "PEMForUniversalSegmentation",
+        "PEMForUniversalSegmentation",
+        "PEMImageProcessor",
+    ]
+    assert all(module.startswith("transformers_modules.") for module in result["modules"])
+
+    inputs = processor(IMAGE, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).class_queries_logits
+    torch.testing.assert_close(torch.tensor(result["logits"]), logits, atol=1e-5, rtol=0)
+    expected = direct_results(model, processor, "panoptic")
+    assert result["labels"] == [ID2LABEL[s["label_id"]] for s in expected["segments_info"]]
+    assert result["mask_sums"] == [int((expected["segmentation"] == s["id"]).sum()) for s in expected["segments_info"]]
+
+
+def test_inference_notebook_runs_offline(checkpoint, tmp_path, monkeypatch):
+    nbclient = pytest.importorskip("nbclient")
+    nbformat = pytest.importorskip("nbformat")
+    directory, _, _ = checkpoint
+    notebook = nbformat.read(Path(__file__).parents[1] / "notebooks" / "inference.ipynb", as_version=4)
+    monkeypatch.setenv("PEM_CHECKPOINT", str(directory))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("PEM_IMAGE", raising=False)
+    nbclient.NotebookClient(
+        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    images = [output for output in outputs if "image/png" in output.get("data", {})]
+    assert len(images) >= 4  # the input image and three overlays
