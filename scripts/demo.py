@@ -49,7 +49,7 @@ def main() -> None:
                 start = time.perf_counter()
                 outputs = model(pixel_values)
                 timings.append(time.perf_counter() - start)
-            # Official semantic inference: softmax over classes (minus "no object") x sigmoid masks, summed over queries.
+            # Official semantic inference: softmax (minus "no object") x sigmoid masks, summed over queries.
             masks = torch.nn.functional.interpolate(
                 outputs.masks_queries_logits, size=args.size, mode="bilinear", align_corners=False
             )

@@ -7,6 +7,7 @@ import sys
 
 import pytest
 import torch
+import transformers
 from torch import nn
 from torch.nn import functional as F
 from torchvision.ops import deform_conv2d
@@ -33,6 +34,15 @@ from transformers_pem.image_processing_pem import PEMImageProcessor
 from transformers_pem.modeling_pem import PEMForUniversalSegmentation
 
 fvcore = pytest.importorskip("fvcore")
+
+
+@pytest.fixture(autouse=True)
+def restore_global_state():
+    """The benchmark sets the thread count and the command line quiets transformers' logging: undo both."""
+    threads, verbosity = torch.get_num_threads(), transformers.logging.get_verbosity()
+    yield
+    torch.set_num_threads(threads)
+    transformers.logging.set_verbosity(verbosity)
 
 
 def tiny_backbone() -> ResNetConfig:

@@ -5,6 +5,7 @@ models, see its README) and tests/fixtures/parity (official state dicts and outp
 official code). Tolerances for model outputs are those of tests/test_parity.py: |diff| <= 1e-3 * max(1, max|ref|).
 """
 
+import inspect
 import json
 import lzma
 import os
@@ -19,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
 from transformers import ResNetBackbone, ResNetConfig, ResNetForImageClassification, TimmBackboneConfig
 
@@ -220,7 +222,10 @@ def test_checkpoint_formats(tmp_path):
 
     torch.save({"model": weights, "iteration": 89999, "optimizer": {"state": {}}}, tmp_path / "model_final.pth")
     torch.save(weights, tmp_path / "bare.pth")
-    torch.save({"epoch": 300, "state_dict": weights}, tmp_path / "STDCNet813M_73.91.tar")
+    # STDC-Seg era (PyTorch 1.1) checkpoints use the legacy, non-zip serialization
+    torch.save(
+        {"epoch": 300, "state_dict": weights}, tmp_path / "STDCNet813M_73.91.tar", _use_new_zipfile_serialization=False
+    )
     save_file(dict(weights), tmp_path / "model.safetensors")
     # detectron2 .pkl with numpy arrays (convert-torchvision-to-d2), with pickle protocols 2 and 5
     arrays = {key: value.numpy() for key, value in weights.items()}
@@ -348,28 +353,33 @@ def torchvision_resnet50():
     return model
 
 
-def torchvision_features(model: torch.nn.Module, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+@pytest.fixture(scope="module")
+def torchvision_reference(torchvision_resnet50) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """An input and torchvision's layer1..layer4 outputs for it."""
+    model = torchvision_resnet50
+    pixel_values = torch.randn(1, 3, 32, 64, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         hidden_states = model.maxpool(model.relu(model.bn1(model.conv1(pixel_values))))
         features = []
         for layer in (model.layer1, model.layer2, model.layer3, model.layer4):
             hidden_states = layer(hidden_states)
             features.append(hidden_states)
-    return features
+    return pixel_values, features
 
 
-def assert_same_features(backbone: torch.nn.Module, reference_model: torch.nn.Module) -> None:
-    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
+def assert_same_features(backbone: torch.nn.Module, reference: tuple[torch.Tensor, list[torch.Tensor]]) -> None:
+    pixel_values, expected_features = reference
     with torch.no_grad():
-        ours = backbone.eval()(pixel_values).feature_maps
-    reference = torchvision_features(reference_model, pixel_values)
-    assert len(ours) == 4
-    for level, (actual, expected) in enumerate(zip(ours, reference, strict=True)):
+        features = backbone.eval()(pixel_values).feature_maps
+    assert len(features) == 4
+    for level, (actual, expected) in enumerate(zip(features, expected_features, strict=True)):
         assert_close_to_reference(actual, expected, f"res{level + 2}")
 
 
 @pytest.mark.parametrize("frozen_batch_norm", [False, True])
-def test_detectron2_resnet50_gives_torchvision_features(torchvision_resnet50, frozen_batch_norm):
+def test_detectron2_resnet50_gives_torchvision_features(
+    torchvision_resnet50, torchvision_reference, frozen_batch_norm
+):
     official = {
         f"backbone.{k}": torch.from_numpy(v)
         for k, v in torchvision_to_detectron2(torchvision_resnet50.state_dict()).items()
@@ -382,7 +392,7 @@ def test_detectron2_resnet50_gives_torchvision_features(torchvision_resnet50, fr
     backbone = ResNetBackbone(ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"]))
     prefix = "model.pixel_level_module.encoder."
     load_state_dict_checked(backbone, {k.removeprefix(prefix): v for k, v in converted.items()})
-    assert_same_features(backbone, torchvision_resnet50)
+    assert_same_features(backbone, torchvision_reference)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -390,26 +400,31 @@ def test_detectron2_resnet50_gives_torchvision_features(torchvision_resnet50, fr
 # ---------------------------------------------------------------------------------------------------------------------
 
 
-def test_resnet_imagenet_weights_in_every_format(tmp_path, torchvision_resnet50):
+def test_resnet_imagenet_weights_in_every_format(tmp_path, torchvision_resnet50, torchvision_reference):
     state_dict = torchvision_resnet50.state_dict()
     torch.save(state_dict, tmp_path / "resnet50-torchvision.pth")  # torchvision and timm use the same names
     with open(tmp_path / "R-50.pkl", "wb") as file:
         pickle.dump({"model": torchvision_to_detectron2(state_dict), "__author__": "torchvision"}, file)
     backbone = ResNetBackbone(ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"]))
     for name in ("resnet50-torchvision.pth", "R-50.pkl"):
+        with torch.no_grad():  # forget the previous weights
+            for tensor in backbone.state_dict().values():
+                tensor.zero_()
         load_backbone_weights(backbone, tmp_path / name)
-        assert_same_features(backbone, torchvision_resnet50)
+        assert_same_features(backbone, torchvision_reference)
 
     # transformers ResNetForImageClassification weights: `resnet.*` and the classifier.
     with torch.device("meta"):
         classifier_keys = set(ResNetForImageClassification(ResNetConfig()).state_dict())
-    hf_weights = {f"resnet.{key}": tensor for key, tensor in backbone.state_dict().items()}
+    hf_weights = {f"resnet.{key}": tensor.clone() for key, tensor in backbone.state_dict().items()}
     hf_weights.update({"classifier.1.weight": torch.zeros(1000, 2048), "classifier.1.bias": torch.zeros(1000)})
     assert set(hf_weights) == classifier_keys
     save_file(hf_weights, tmp_path / "hf-resnet50.safetensors")
-    fresh = ResNetBackbone(ResNetConfig(out_features=["stage1", "stage2", "stage3", "stage4"]))
-    load_backbone_weights(fresh, tmp_path / "hf-resnet50.safetensors")
-    assert_same_features(fresh, torchvision_resnet50)
+    with torch.no_grad():
+        for tensor in backbone.state_dict().values():
+            tensor.zero_()
+    load_backbone_weights(backbone, tmp_path / "hf-resnet50.safetensors")
+    assert_same_features(backbone, torchvision_reference)
 
     # A timm backbone takes the same file.
     config = PEMConfig.from_preset(
@@ -419,7 +434,7 @@ def test_resnet_imagenet_weights_in_every_format(tmp_path, torchvision_resnet50)
     )
     model = PEMForUniversalSegmentation(config)
     load_backbone_weights(model, tmp_path / "resnet50-torchvision.pth")
-    assert_same_features(model.model.pixel_level_module.encoder, torchvision_resnet50)
+    assert_same_features(model.model.pixel_level_module.encoder, torchvision_reference)
 
     stdc = PEMForUniversalSegmentation(tiny_stdc_config())
     with pytest.raises(ValueError) as error:
@@ -523,13 +538,12 @@ def test_cli_converts_official_stdc1_checkpoint(tmp_path):
     )
 
     output = tmp_path / "out"
-    assert sorted(p.name for p in output.iterdir()) == [
-        "README.md",
-        "config.json",
-        "model.safetensors",
-        "preprocessor_config.json",
-    ]
+    files = {p.name for p in output.iterdir()}
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json"} <= files
+    # The module files for trust_remote_code travel with the checkpoint.
+    assert {"configuration_pem.py", "modeling_pem.py", "image_processing_pem.py", "modeling_stdc.py"} <= files
     saved = json.loads((output / "config.json").read_text())
+    assert saved["auto_map"]["AutoModelForSemanticSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
     assert saved["id2label"]["11"] == "person" and saved["label2id"]["person"] == 11
     assert json.loads((output / "preprocessor_config.json").read_text())["size"] == {
         "shortest_edge": 1024,
@@ -566,7 +580,7 @@ def test_conversion_script_converts_official_stdc2_checkpoint(tmp_path):
     check_official_predictions("stdc2_tiny_panoptic", *predictions(model, pixel_values))
 
 
-def test_cli_converts_official_r50_detectron2_pkl(tmp_path, torchvision_resnet50):
+def test_cli_converts_official_r50_detectron2_pkl(tmp_path, torchvision_resnet50, torchvision_reference):
     """An ADE20K PEM-R50 checkpoint as a detectron2 `.pkl` of numpy arrays: the official head of parity case 3 on a
     FrozenBN ResNet-50 (torchvision weights under detectron2 names), converted with a custom yaml whose `_BASE_` is
     the official config. The converted model reproduces the official head outputs and torchvision's features."""
@@ -590,10 +604,11 @@ def test_cli_converts_official_r50_detectron2_pkl(tmp_path, torchvision_resnet50
     )
 
     processor = PEMImageProcessor.from_pretrained(tmp_path / "out")
-    assert processor.to_dict() == PEMImageProcessor.from_preset("pem-r50-ade20k-semantic").to_dict()
+    saved_settings = {k: v for k, v in processor.to_dict().items() if k != "auto_map"}
+    assert saved_settings == PEMImageProcessor.from_preset("pem-r50-ade20k-semantic").to_dict()
     model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "out").eval()
     assert model.config.num_labels == 150 and model.config.num_queries == 10
-    assert_same_features(model.model.pixel_level_module.encoder, torchvision_resnet50)
+    assert_same_features(model.model.pixel_level_module.encoder, torchvision_reference)
 
     inputs = load_file(PARITY / "r50_head_tiny" / "inputs.safetensors")
     features = [inputs[f"features.res{level}"].float() for level in (2, 3, 4, 5)]
@@ -609,13 +624,16 @@ def test_cli_backbone_weights_with_a_preset_and_push_to_hub(tmp_path, monkeypatc
     calls = []
 
     class RecordingHfApi:
+        """Records the calls, after checking they bind to huggingface_hub's real signatures."""
+
         def create_repo(self, repo_id, **kwargs):
+            inspect.signature(HfApi.create_repo).bind(self, repo_id, **kwargs)
             calls.append(("create_repo", repo_id, kwargs))
 
         def upload_folder(self, **kwargs):
-            calls.append(
-                ("upload_folder", kwargs["repo_id"], sorted(p.name for p in Path(kwargs["folder_path"]).iterdir()))
-            )
+            inspect.signature(HfApi.upload_folder).bind(self, **kwargs)
+            files = sorted(path.name for path in Path(kwargs["folder_path"]).iterdir())
+            calls.append(("upload_folder", kwargs["repo_id"], files))
 
     monkeypatch.setattr(convert_module, "HfApi", RecordingHfApi)
     checkpoint = stdc_imagenet_checkpoint([2, 2, 2], base=64)
@@ -635,12 +653,11 @@ def test_cli_backbone_weights_with_a_preset_and_push_to_hub(tmp_path, monkeypatc
     )
     assert calls == [
         ("create_repo", "someone/pem-stdc1-cityscapes-init", {"exist_ok": True}),
-        (
-            "upload_folder",
-            "someone/pem-stdc1-cityscapes-init",
-            ["README.md", "config.json", "model.safetensors", "preprocessor_config.json"],
-        ),
+        ("upload_folder", "someone/pem-stdc1-cityscapes-init", sorted(p.name for p in output.iterdir())),
     ]
+    assert {"README.md", "config.json", "model.safetensors", "preprocessor_config.json", "modeling_pem.py"} <= set(
+        calls[1][2]
+    )
     card = (output / "README.md").read_text()
     assert 'from_pretrained("someone/pem-stdc1-cityscapes-init")' in card
     assert "only the backbone is pretrained" in card

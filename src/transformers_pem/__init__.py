@@ -6,6 +6,7 @@ Importing the package registers PEM and the STDC backbone with the transformers 
 from transformers import (
     AutoBackbone,
     AutoConfig,
+    AutoImageProcessor,
     AutoModel,
     AutoModelForSemanticSegmentation,
     AutoModelForUniversalSegmentation,
@@ -13,8 +14,11 @@ from transformers import (
 
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
+from .image_processing_pem import PEMImageProcessor
+from .image_processing_pem_pil import PEMImageProcessorPil
 from .modeling_pem import PEMForUniversalSegmentation, PEMModel, PEMPreTrainedModel
 from .modeling_stdc import STDCBackbone
+from .visualization_pem import draw_segmentation
 
 __version__ = "0.1.0"
 
@@ -25,12 +29,23 @@ AutoModel.register(PEMConfig, PEMModel, exist_ok=True)
 AutoModelForUniversalSegmentation.register(PEMConfig, PEMForUniversalSegmentation, exist_ok=True)
 # pipeline("image-segmentation") loads models through AutoModelForSemanticSegmentation.
 AutoModelForSemanticSegmentation.register(PEMConfig, PEMForUniversalSegmentation, exist_ok=True)
+AutoImageProcessor.register(
+    PEMConfig, image_processor_classes={"torchvision": PEMImageProcessor, "pil": PEMImageProcessorPil}, exist_ok=True
+)
+# Saved checkpoints carry the module files and an `auto_map`, so they load with trust_remote_code=True in processes
+# that never imported transformers_pem (PEMPreTrainedModel.save_pretrained adds the other Auto classes).
+PEMConfig.register_for_auto_class()
+PEMForUniversalSegmentation.register_for_auto_class("AutoModelForUniversalSegmentation")
+PEMImageProcessor.register_for_auto_class("AutoImageProcessor")
 
 __all__ = [
     "PEMConfig",
     "PEMForUniversalSegmentation",
+    "PEMImageProcessor",
+    "PEMImageProcessorPil",
     "PEMModel",
     "PEMPreTrainedModel",
     "STDCBackbone",
     "STDCConfig",
+    "draw_segmentation",
 ]

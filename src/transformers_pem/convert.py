@@ -19,6 +19,7 @@ offending keys.
 
 import argparse
 import ast
+import codecs
 import copy
 import io
 import logging
@@ -314,7 +315,7 @@ _ALLOWED_PICKLE_GLOBALS: dict[tuple[str, str], object] = {
     ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
     ("torch.storage", "_load_from_bytes"): _load_storage_from_bytes,
     ("collections", "OrderedDict"): OrderedDict,
-    ("_codecs", "encode"): __import__("codecs").encode,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
@@ -725,6 +726,10 @@ def config_from_official(official: dict, source: str = "official yaml") -> Conve
     ]
     _require(not problems, f"This is not a PEM configuration the converter supports: {'; '.join(problems)}.")
 
+    if mask_former["DROPOUT"]:
+        logger.warning(
+            "MODEL.MASK_FORMER.DROPOUT = %s is ignored: PEM's decoder has no dropout.", mask_former["DROPOUT"]
+        )
     backbone_config, backbone_name = _backbone_from_official(model)
     dataset = _dataset_from_official(official)
     task = "panoptic" if test["PANOPTIC_ON"] else "semantic"
@@ -955,13 +960,15 @@ def model_card(
     if isinstance(config.backbone_config, STDCConfig):
         backbone = {(2, 2, 2): "STDC1", (4, 5, 3): "STDC2"}.get(tuple(config.backbone_config.layers), "STDC")
     elif isinstance(config.backbone_config, ResNetConfig):
-        backbone = f"ResNet-{1 + 3 * sum(config.backbone_config.depths) + 1}"
+        backbone = f"ResNet-{3 * sum(config.backbone_config.depths) + 2}"  # bottleneck blocks: 3 convs each
     task = target.preset.split("-")[-1] if target.preset else None
     title = f"PEM-{backbone}" + (f" ({_DATASET_NAMES[dataset]}{f', {task}' if task else ''})" if dataset else "")
     if not trained:
         result = "None: only the backbone is pretrained (ImageNet); fine-tune the model before using it."
     elif target.preset in PAPER_RESULTS:
-        result = f"{PAPER_RESULTS[target.preset]}, reported in the paper for the official `{target.preset}` model."
+        result = (
+            f"{PAPER_RESULTS[target.preset]}: the paper's result for the official `{target.preset}` configuration."
+        )
     elif target.preset:
         result = f"The paper reports no result for `{target.preset}`."
     else:
@@ -1080,7 +1087,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output-dir", required=True, help="Directory to write the converted model to.")
     parser.add_argument("--push-to-hub", metavar="REPO", help="Also upload the directory to this Hub repository.")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s: %(message)s")
     try:
         model = convert(args.config, args.output_dir, args.checkpoint, args.backbone_weights, args.push_to_hub)
     except ValueError as error:

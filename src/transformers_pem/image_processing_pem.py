@@ -75,7 +75,7 @@ def get_resize_output_size(
     return max(1, int(new_height + 0.5)), max(1, int(new_width + 0.5))
 
 
-def convert_image_to_8bit(image: ImageInput) -> ImageInput:
+def prepare_image_dtype(image: ImageInput) -> ImageInput:
     """
     Bring an image to a dtype the resize/normalise steps expect (uint8 or float in the 0-255 range), or raise a clear
     `ValueError`. 16-bit images (PIL `I;16*`, `uint16` arrays) are scaled from 0-65535 to 0-255; other integer arrays
@@ -357,7 +357,7 @@ class PEMImageProcessorMixin:
         return super()._prepare_images_structure(_expand_grayscale_arrays(images), expected_ndims=expected_ndims)
 
     def process_image(self, image: ImageInput, *args, **kwargs):
-        return super().process_image(convert_image_to_8bit(image), *args, **kwargs)
+        return super().process_image(prepare_image_dtype(image), *args, **kwargs)
 
     def _preprocess_image_like_inputs(
         self,
@@ -633,14 +633,16 @@ class PEMImageProcessorMixin:
             is_thing = torch.isin(labels, thing_ids)
             topk_scores, labels, queries = topk_scores[is_thing], labels[is_thing], queries[is_thing]
 
-            masks = _crop_and_resize(_upsample(mask_logit, padded_size), valid_size, target_size)[queries]
+            # Masks depend only on the query: resize each selected query once (detections share queries).
+            queries, detection_query = torch.unique(queries, return_inverse=True)
+            masks = _crop_and_resize(_upsample(mask_logit[queries], padded_size), valid_size, target_size)
             binary_masks = (masks > mask_logit_threshold).float()
             mask_scores = (masks.sigmoid().flatten(1) * binary_masks.flatten(1)).sum(1) / (
                 binary_masks.flatten(1).sum(1) + 1e-6
             )
-            scores = topk_scores * mask_scores
+            scores = topk_scores * mask_scores[detection_query]
             order = [i for i in scores.argsort(descending=True, stable=True).tolist() if scores[i] >= threshold]
-            binary_masks = binary_masks[order].bool()
+            binary_masks = binary_masks[detection_query[order]].bool()
 
             segments_info = [
                 {"id": index, "label_id": int(labels[i]), "was_fused": False, "score": float(scores[i])}

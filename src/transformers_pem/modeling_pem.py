@@ -90,6 +90,9 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
         See [`PEMModelOutput`].
     encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states (*optional*):
         See [`PEMModelOutput`]; returned with `output_hidden_states=True`.
+    pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
+        The `pixel_mask` given to the forward (1 = image, 0 = padding), passed through so that post-processing can
+        drop the padded area (the pipeline calls post-processing with the outputs only).
     """
 
     loss: torch.FloatTensor | None = None
@@ -103,6 +106,7 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
     encoder_hidden_states: tuple[torch.FloatTensor] | None = None
     pixel_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
     transformer_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
+    pixel_mask: torch.LongTensor | None = None
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -538,6 +542,18 @@ class PEMPreTrainedModel(PreTrainedModel):
     main_input_name = "pixel_values"
     input_modalities = ("image",)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`; with the classes registered for trust_remote_code (done by `import
+        transformers_pem`), the saved `auto_map` also names `AutoModel` and `AutoModelForSemanticSegmentation`, which
+        `pipeline("image-segmentation")` loads through."""
+        if self._auto_class is not None:
+            self.config.auto_map = {
+                **(getattr(self.config, "auto_map", None) or {}),
+                "AutoModel": "modeling_pem.PEMModel",
+                "AutoModelForSemanticSegmentation": "modeling_pem.PEMForUniversalSegmentation",
+            }
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         """Initialisation of the official PEM code (detectron2 conventions)."""
@@ -721,7 +737,8 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         class_labels (`list[torch.LongTensor]`, *optional*):
             Per image, the class index of each target mask, shape `(num_targets,)`.
         pixel_mask (`torch.LongTensor`, *optional*):
-            Accepted for API compatibility and ignored (see [`PEMModel.forward`]).
+            1 on image pixels, 0 on padding. The model ignores it (like the official one), and returns it in the
+            output for post-processing.
         output_auxiliary_logits (`bool`, *optional*):
             Return the predictions of the learnable queries and of every decoder layer but the last.
 
@@ -788,6 +805,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             encoder_hidden_states=outputs.encoder_hidden_states,
             pixel_decoder_hidden_states=outputs.pixel_decoder_hidden_states,
             transformer_decoder_hidden_states=outputs.transformer_decoder_hidden_states,
+            pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -32,6 +32,7 @@ from .data_pem import (
     load_cityscapes,
     load_segmentation_dataset,
     official_train_augmentation,
+    sample_seed,
 )
 from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation
@@ -114,10 +115,10 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     return max(checkpoints)[1] if checkpoints else None
 
 
-def parameters_digest(model: nn.Module) -> str:
-    """A hash of every parameter and buffer, to compare replicas and runs."""
+def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """A hash of named tensors (e.g. a state dict), to compare replicas and runs."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
     return digest.hexdigest()
@@ -170,13 +171,6 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch
 def train(args: argparse.Namespace) -> dict:
     """Run training as configured by the command-line arguments (see `parse_args`). Returns the final state."""
     output_dir = Path(args.output_dir)
-    accelerator = Accelerator(
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-    )
     set_seed(args.seed)
 
     train_data = load_training_data(args, args.train_split)
@@ -184,6 +178,21 @@ def train(args: argparse.Namespace) -> dict:
     id2label = json.loads(args.id2label) if args.id2label else None
     id2label = {int(k): v for k, v in id2label.items()} if id2label else None
     model = build_model(args, id2label)
+    accelerator = Accelerator(
+        # Without a GPU, `cpu=True` lets torchrun / accelerate launch run several CPU processes (MULTI_CPU, gloo).
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=args.mixed_precision,
+        gradient_accumulation_steps=args.gradient_accumulation_steps,
+        log_with=args.report_to,
+        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        # With fewer decoder layers than feature levels, the projections of the unused levels get no gradient.
+        kwargs_handlers=[
+            DistributedDataParallelKwargs(
+                find_unused_parameters=model.config.decoder_layers < model.config.num_feature_levels
+            )
+        ],
+    )
     if accelerator.num_processes > 1 and accelerator.device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
@@ -253,6 +262,9 @@ def train(args: argparse.Namespace) -> dict:
         batches = accelerator.skip_first_batches(loader, skip) if skip else loader
         skip = 0
         for batch in batches:
+            # The loss samples random points: seed every step from (seed, step, process) so that a resumed run draws
+            # exactly what an uninterrupted one draws, whatever the data loaders consumed from the global generator.
+            torch.manual_seed(sample_seed(args.seed, step, accelerator.process_index))
             with accelerator.accumulate(model):
                 outputs = model(
                     pixel_values=batch["pixel_values"],
@@ -288,11 +300,14 @@ def train(args: argparse.Namespace) -> dict:
     final = {"step": step, "seconds": time.perf_counter() - started, "last_losses": history[-10:]}
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.num_processes > 1:
-        digests = accelerator.gather_for_metrics([parameters_digest(unwrapped)], use_gather_object=True)
+        # Parameters must agree across processes. BatchNorm running statistics are per process on CPU (no SyncBN);
+        # DDP broadcasts them from process 0 at every forward, and process 0's are the ones saved.
+        digest = tensors_digest(dict(unwrapped.named_parameters()))
+        digests = accelerator.gather_for_metrics([digest], use_gather_object=True)
         final["replicas_identical"] = len(set(digests)) == 1
     if eval_data is not None:
         final["eval"] = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
-    final["parameters_sha256"] = parameters_digest(unwrapped)
+    final["weights_sha256"] = tensors_digest(unwrapped.state_dict())
     if accelerator.is_main_process:
         unwrapped = _without_sync_batch_norm(unwrapped)
         unwrapped.save_pretrained(output_dir / "final", safe_serialization=True)

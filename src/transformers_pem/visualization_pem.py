@@ -122,7 +122,7 @@ def draw_segmentation(
         areas: dict[int, int] = {}
         for mask, label, _ in segments:
             areas[label] = areas.get(label, 0) + int(mask.sum())
-        by_area = sorted(areas, key=areas.get, reverse=True)
+        by_area = [label for label in sorted(areas, key=areas.get, reverse=True) if areas[label] > 0]
         result = _add_legend(result, [(_label_name(label, id2label), colours[label]) for label in by_area])
     return result
 

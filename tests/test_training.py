@@ -1,0 +1,145 @@
+"""scripts/train.py: the official optimiser/schedule, atomic checkpoints, exact resume, two-process training."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation
+from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.training_pem import build_optimizer, build_scheduler, latest_checkpoint, official_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]},
+    "conv_dim": 16,
+    "mask_dim": 16,
+    "hidden_dim": 32,
+    "num_queries": 8,
+    "num_attention_heads": 4,
+    "dim_feedforward": 32,
+    "decoder_layers": 2,
+    "train_num_points": 256,
+}
+
+
+@pytest.fixture(scope="module")
+def cityscapes_root(tmp_path_factory) -> Path:
+    return generate_cityscapes(tmp_path_factory.mktemp("data"), num_train=6, num_val=2, size=(64, 128), seed=1)
+
+
+def train_command(data_root: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        "scripts/train.py",
+        "--preset=pem-stdc1-cityscapes-semantic",
+        f"--config-overrides={json.dumps(TINY)}",
+        f"--data-root={data_root}",
+        f"--output-dir={output_dir}",
+        "--scale=0.0625",
+        "--batch-size=2",
+        "--max-steps=6",
+        "--learning-rate=1e-3",
+        "--save-every=2",
+        "--eval-every=0",
+        *extra,
+    ]
+
+
+def run(command: list[str], launcher: tuple[str, ...] = (sys.executable,)) -> subprocess.CompletedProcess:
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*launcher, *command], cwd=ROOT, env=environment, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def final_state(output_dir: Path) -> dict:
+    return json.loads((output_dir / "final" / "training_state.json").read_text())
+
+
+def test_official_recipes():
+    assert official_recipe("pem-r50-cityscapes-semantic").learning_rate == 7e-4
+    assert official_recipe("pem-r50-cityscapes-panoptic").max_steps == 90_000
+    ade = official_recipe("pem-r50-ade20k-semantic")
+    assert (ade.learning_rate, ade.max_steps, ade.end_learning_rate) == (4e-4, 160_000, 1e-6)
+    assert (ade.weight_decay, ade.backbone_lr_multiplier, ade.clip_grad_norm, ade.batch_size) == (0.05, 0.1, 0.01, 32)
+
+
+def test_optimizer_groups_follow_the_official_rules():
+    model = PEMForUniversalSegmentation(PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", **TINY))
+    optimizer = build_optimizer(model, learning_rate=1e-3, weight_decay=0.05, backbone_lr_multiplier=0.1)
+    settings = {}
+    for group in optimizer.param_groups:
+        for parameter in group["params"]:
+            settings[id(parameter)] = (group["lr"], group["weight_decay"])
+    names = dict(model.named_parameters())
+    assert len(settings) == len(names)
+    backbone_conv = names["model.pixel_level_module.encoder.features.0.conv.weight"]
+    backbone_norm = names["model.pixel_level_module.encoder.features.0.bn.weight"]
+    assert settings[id(backbone_conv)] == pytest.approx((1e-4, 0.05))
+    assert settings[id(backbone_norm)] == pytest.approx((1e-4, 0.0))
+    assert settings[id(names["model.transformer_module.queries_features.weight"])] == pytest.approx((1e-3, 0.0))
+    assert settings[id(names["model.transformer_module.layernorm.weight"])] == pytest.approx((1e-3, 0.0))
+    assert settings[id(names["class_predictor.weight"])] == pytest.approx((1e-3, 0.05))
+
+
+def test_cosine_schedule_matches_detectron2():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.AdamW([parameter], lr=4e-4)
+    scheduler = build_scheduler(optimizer, max_steps=100, end_learning_rate_ratio=1e-6 / 4e-4)
+    learning_rates = []
+    for _ in range(101):
+        learning_rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    for step in (0, 25, 50, 100):
+        expected = 1e-6 + (4e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * step / 100))
+        assert learning_rates[step] == pytest.approx(expected)
+
+
+def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
+    run(train_command(cityscapes_root, tmp_path))
+    assert final_state(tmp_path)["step"] == 6
+    assert latest_checkpoint(tmp_path).name == "checkpoint-4"
+    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "final")
+    assert model.config.num_labels == 19 and model.config.hidden_dim == 32
+    assert (tmp_path / "final" / "preprocessor_config.json").exists()
+
+
+def test_killed_run_resumes_to_the_same_weights(cityscapes_root, tmp_path):
+    uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
+    run(train_command(cityscapes_root, uninterrupted))
+
+    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, *train_command(cityscapes_root, interrupted)],
+        cwd=ROOT,
+        env=environment,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.time() + 300
+    while latest_checkpoint(interrupted) is None and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.kill()
+    process.wait()
+    assert not (interrupted / "final").exists(), "the run finished before it could be killed"
+    assert latest_checkpoint(interrupted) is not None
+
+    run(train_command(cityscapes_root, interrupted, "--resume"))
+    assert final_state(interrupted)["weights_sha256"] == final_state(uninterrupted)["weights_sha256"]
+
+
+def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):
+    launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517")
+    result = run(train_command(cityscapes_root, tmp_path, "--max-steps=2", "--batch-size=2"), launcher)
+    state = final_state(tmp_path)
+    assert state["replicas_identical"] is True, result.stdout
+    assert state["step"] == 2
