@@ -34,6 +34,7 @@ from transformers_pem.data_pem import load_ade20k, load_cityscapes, segment_ids_
 from transformers_pem.evaluation_pem import (
     evaluate_model,
     format_results_table,
+    load_evaluation_dataset,
     main,
     official_crop_size,
     official_tta_settings,
@@ -256,7 +257,9 @@ def test_evaluate_model_batch_size_does_not_change_the_metrics(tiny_model, ade20
         "pem-r50-ade20k-semantic", size={"shortest_edge": 48, "longest_edge": 200}
     )
     one = evaluate_model(model, processor, dataset, batch_size=1, progress=False)
+    model.train()  # as during training: evaluated in eval mode, then put back in training mode
     four = evaluate_model(model, processor, dataset, batch_size=4, progress=False)
+    assert model.training
     assert one.keys() == four.keys()
     for key in one:
         assert one[key] == pytest.approx(four[key], abs=0.05, nan_ok=True), key
@@ -377,23 +380,36 @@ def test_oracle_panoptic_and_instance_predictions_score_100(cityscapes_root):
 
 
 def test_oracle_with_mixed_sizes_and_reduced_ade20k_labels_scores_100(ade20k_root):
-    dataset = load_ade20k(ade20k_root, split="val", task="panoptic")
     id2label = {index: label[0] for index, label in enumerate(ADE20K_LABELS)}
+    panoptic = load_ade20k(ade20k_root, split="val", task="panoptic")
     semantic = load_ade20k(ade20k_root, split="val", task="semantic")  # raw annotations: class c stored as c + 1
     processor = PEMImageProcessor.from_preset(
         "pem-r50-ade20k-semantic", size={"shortest_edge": 48, "longest_edge": 200}
     )
     assert processor.do_reduce_labels
-    model = GroundTruthModel(processor, dataset, "panoptic", id2label, ADE20K_THINGS)
+    model = GroundTruthModel(processor, panoptic, "panoptic", id2label, ADE20K_THINGS)
     results = evaluate_model(model, processor, semantic, batch_size=4, progress=False)
     assert results["mIoU"] == results["pAcc"] == 100.0
+
+    # the command line's ADE20K panoptic dataset: the mIoU of panoptic models uses the semantic annotations
+    with_semantic = load_evaluation_dataset("ade20k", ade20k_root.parent, "val", "panoptic")
+    assert with_semantic["image_id"] == panoptic["image_id"] and "semantic" in with_semantic.column_names
+    processor = PEMImageProcessor.from_preset(
+        "pem-r50-ade20k-panoptic", size={"shortest_edge": 48, "longest_edge": 200}
+    )
+    model = GroundTruthModel(processor, panoptic, "panoptic", id2label, ADE20K_THINGS)
+    results = evaluate_model(
+        model, processor, with_semantic, "panoptic", batch_size=4, reduce_labels=True, progress=False
+    )
+    assert results["PQ"] == results["mIoU"] == results["pAcc"] == 100.0
 
 
 def test_constant_prediction_gives_the_known_iou(cityscapes_root):
     dataset = load_cityscapes(cityscapes_root, split="val", task="semantic")
     processor = cityscapes_processor("semantic")
     road = 0
-    results = evaluate_model(ConstantModel(CITYSCAPES_NAMES, road), processor, dataset, batch_size=3, progress=False)
+    model = ConstantModel(CITYSCAPES_NAMES, road)
+    results = evaluate_model(model, processor, dataset, batch_size=2, num_workers=1, progress=False)
     files = dataset.cast_column("semantic", datasets.Image(decode=False))["semantic"]
     labels = np.stack([np.array(PIL.Image.open(file["path"])) for file in files])
     valid = labels != 255
@@ -420,6 +436,11 @@ def test_cityscapes_exports_are_scored_like_the_official_scripts(cityscapes_root
     model = oracle(processor, dataset, "panoptic", stride=4, drop_every=2, relabel={1: 0})
     results = evaluate_model(model, processor, dataset, task="panoptic", export_dir=tmp_path, progress=False)
     assert 5 < results["PQ"] < 95 and 5 < results["mIoU"] < 95
+    exported = json.loads((tmp_path / "panoptic.json").read_text())
+    assert [annotation["image_id"] for annotation in exported["annotations"]] == dataset["image_id"]
+    for annotation in exported["annotations"]:  # the official inference fuses each stuff class into one segment
+        stuff = [segment["category_id"] for segment in annotation["segments_info"] if not segment["isthing"]]
+        assert len(stuff) == len(set(stuff))
 
     ground_truth = sorted((cityscapes_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
     predictions = [tmp_path / "semantic" / path.name.replace("_gtFine_", "_") for path in ground_truth]

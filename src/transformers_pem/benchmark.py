@@ -67,11 +67,11 @@ COMPONENTS = {
     "pixel_decoder": ("model.pixel_level_module.decoder",),
     "transformer_decoder": ("model.transformer_module", "class_predictor"),
 }
-# Ops without multiply-adds (elementwise, reductions, comparisons), not counted as in detectron2's `analyze_model`.
-# Declared so that `uncounted_ops` lists only ops whose multiply-adds would be missing from the count.
+# Ops without multiply-adds (elementwise ops, reductions, comparisons, pooling): not counted, as in detectron2's
+# `analyze_model`, and declared so that `uncounted_ops` lists only ops whose multiply-adds would be missing.
 IGNORED_OPS = (
-    "aten::add", "aten::add_", "aten::all", "aten::argmax", "aten::clamp_min", "aten::cos", "aten::div",
-    "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt", "aten::masked_fill",
+    "aten::add", "aten::add_", "aten::all", "aten::argmax", "aten::avg_pool2d", "aten::clamp_min", "aten::cos",
+    "aten::div", "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt", "aten::masked_fill",
     "aten::masked_fill_", "aten::max_pool2d", "aten::mean", "aten::meshgrid", "aten::mul", "aten::ne", "aten::pow",
     "aten::repeat", "aten::repeat_interleave", "aten::sigmoid", "aten::sin", "aten::softmax", "aten::sub", "aten::sum",
 )  # fmt: skip
@@ -648,6 +648,9 @@ def run_benchmark(
         post_processing, gmacs, memory: whether to time the post-processing, count GMACs, measure peak memory.
         threads: `torch.set_num_threads` (default: PyTorch's choice).
         seed: seed of the random weights and inputs.
+
+    On CPU, `memory=True` measures in processes started with multiprocessing's "spawn" method, which re-imports the
+    calling script: call `run_benchmark` under `if __name__ == "__main__":` in scripts.
     """
     if not specs:
         raise ValueError("Pass at least one model to benchmark.")
@@ -919,7 +922,13 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-memory", action="store_true", help="Do not measure peak memory.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights and inputs.")
     parser.add_argument("--output-dir", type=Path, default=None, help="Write benchmark.json and benchmark.md there.")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    try:
+        args.sizes = [Scenario.parse(size) for size in args.sizes]
+        args.train_sizes = [Scenario.parse(size) for size in args.train_sizes]
+    except ValueError as error:
+        parser.error(str(error))
+    return args
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -931,8 +940,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     transformers.logging.set_verbosity_error()  # Mask2Former logs that it was not tested with a ResNet backbone
     results = run_benchmark(
         [MODELS[name] for name in dict.fromkeys(args.models)],
-        [Scenario.parse(size) for size in args.sizes],
-        [Scenario.parse(size) for size in args.train_sizes],
+        args.sizes,
+        args.train_sizes,
         repeats=args.repeats,
         warmup=args.warmup,
         batch_size=args.batch_size,

@@ -61,7 +61,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data_pem import TASKS, segment_ids_from_image, semantic_from_panoptic
+from .data_pem import TASKS, segment_ids_from_image
 from .labels_pem import DATASET_LABELS
 from .metrics import MaskAP, MeanIoU, PanopticQuality
 
@@ -166,7 +166,6 @@ class _Predictor:
         sliding_window,
         sliding_window_stride,
         batch_size: int | None,
-        device: "str | torch.device | None",
     ):
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
@@ -195,7 +194,7 @@ class _Predictor:
             (scale, mirrored) for scale in (scales or [None]) for mirrored in ((False, True) if flip else (False,))
         ]
         parameter = next(model.parameters(), None)
-        self.device = torch.device(device) if device is not None else getattr(parameter, "device", torch.device("cpu"))
+        self.device = parameter.device if parameter is not None else torch.device("cpu")
         self.dtype = parameter.dtype if parameter is not None and parameter.is_floating_point() else torch.float32
         config = model.config
         self.num_labels = len(config.id2label)
@@ -285,7 +284,7 @@ class _Predictor:
                 outputs,
                 threshold=self.object_mask_threshold,
                 overlap_mask_area_threshold=self.overlap_threshold,
-                label_ids_to_fuse=set(),
+                label_ids_to_fuse=set(range(self.num_labels)) - set(self.thing_ids),
                 target_sizes=target_sizes,
                 pixel_mask=pixel_mask,
             )
@@ -376,11 +375,11 @@ def predict(
     sliding_window_stride: int | tuple[int, int] | None = None,
     batch_size: int | None = None,
     return_scores: bool = False,
-    device: "str | torch.device | None" = None,
 ) -> list[dict]:
     """
     Predictions of a PEM model for a list of images, with optional test-time augmentation and sliding-window
-    inference (see the module docstring for how they combine). The model is run in eval mode without gradients.
+    inference (see the module docstring for how they combine). The model runs on its device, in eval mode, without
+    gradients.
 
     Args:
         model ([`PEMForUniversalSegmentation`]):
@@ -407,8 +406,6 @@ def predict(
             Images or windows per forward pass. Defaults to all the images given.
         return_scores (`bool`, *optional*, defaults to `False`):
             Also return the averaged semantic scores.
-        device (`str` or `torch.device`, *optional*):
-            Where to run the model. Defaults to the device of its parameters.
 
     Returns:
         `list[dict]`, one per image, at the image's original size: `semantic` (`torch.LongTensor` `(height,
@@ -417,7 +414,7 @@ def predict(
         processor's output with `(num_instances, height, width)` boolean masks).
     """
     predictor = _Predictor(
-        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, device
+        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size
     )
     with _eval_mode(model), torch.inference_mode():
         return predictor(list(images), return_scores)
@@ -443,9 +440,15 @@ def _panoptic_reference(example: Mapping, column: str) -> dict:
     """A panoptic/instance target as `{"segmentation", "segments_info"}` with segment ids 1..n (0 = void)."""
     segment_ids = segment_ids_from_image(example[column])
     segments = _segments_list(example["segments_info"])
-    lookup = {int(segment["id"]): k for k, segment in enumerate(segments, start=1)}
-    unique, inverse = np.unique(segment_ids, return_inverse=True)  # ids not listed in segments_info are void
-    remapped = np.array([lookup.get(int(i), 0) for i in unique], np.int64)[inverse].reshape(segment_ids.shape)
+    listed = np.array([int(segment["id"]) for segment in segments], np.int64)
+    if len(np.unique(listed)) != len(listed):
+        raise ValueError(f"segments_info lists a segment id twice: {sorted(listed.tolist())}.")
+    # new id k + 1 for segments_info[k]; ids not listed in segments_info are void (0)
+    remapped = np.zeros_like(segment_ids)
+    if len(listed):
+        order = np.argsort(listed)
+        positions = np.minimum(np.searchsorted(listed[order], segment_ids), len(listed) - 1)
+        remapped = np.where(listed[order][positions] == segment_ids, order[positions] + 1, 0)
     info = [
         {"id": k, "category_id": int(segment["category_id"]), "iscrowd": int(segment.get("iscrowd", 0))}
         for k, segment in enumerate(segments, start=1)
@@ -453,21 +456,44 @@ def _panoptic_reference(example: Mapping, column: str) -> dict:
     return {"segmentation": remapped, "segments_info": info}
 
 
-def _semantic_reference(example: Mapping, task: str, reduce_labels: bool, ignore_index: int) -> np.ndarray:
-    """The class map of an example: its `semantic` column (reduced if asked) or its panoptic target's classes."""
-    if "semantic" in example:
-        classes = np.asarray(example["semantic"])
-        if classes.ndim != 2:
-            raise ValueError(
-                f"Semantic maps must be single-channel class ids, got an array of shape {classes.shape}. Colour-coded "
-                "annotations must be converted to class ids first."
-            )
-        classes = classes.astype(np.int64)
-        if reduce_labels:  # ADE20K: 0 = "other" is ignored, class c is stored as c + 1
-            classes = np.where((classes == 0) | (classes == ignore_index), ignore_index + 1, classes) - 1
-        return classes
-    reference = _panoptic_reference(example, task)
-    return semantic_from_panoptic(reference["segmentation"], reference["segments_info"], ignore_index=ignore_index)
+class _EvaluationExamples(torch.utils.data.Dataset):
+    """
+    The examples of [`evaluate_model`] with their references, built where they are decoded (in the DataLoader
+    workers with `num_workers > 0`): `index`, `image_id`, `image`, `semantic` (class map, `ignore_index` = ignored)
+    unless the task is instance, `segments` (`{"segmentation", "segments_info"}`, ids 1..n) unless it is semantic.
+    """
+
+    def __init__(self, dataset, task: str, ignore_index: int | None, reduce_labels: bool):
+        self.dataset, self.task, self.ignore_index, self.reduce_labels = dataset, task, ignore_index, reduce_labels
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict:
+        example = self.dataset[index]
+        image_id = str(example.get("image_id") or f"{index:06d}").replace(os.sep, "_")
+        item = {"index": index, "image_id": image_id, "image": example["image"]}
+        if self.task != "semantic":
+            item["segments"] = _panoptic_reference(example, self.task)
+        if self.task == "instance":
+            return item
+        if "semantic" in example:
+            classes = np.asarray(example["semantic"])
+            if classes.ndim != 2:
+                raise ValueError(
+                    f"Semantic maps must be single-channel class ids, got an array of shape {classes.shape} for "
+                    f"example {index} ({image_id}). Convert colour-coded annotations to class ids first."
+                )
+            classes = classes.astype(np.int64)
+            if self.reduce_labels:  # ADE20K: 0 = "other" is ignored, class c is stored as c + 1
+                ignored = (classes == 0) | (classes == self.ignore_index)
+                classes = np.where(ignored, self.ignore_index + 1, classes) - 1
+        else:  # the classes of the panoptic segments (crowd regions included), void pixels ignored
+            lookup = [segment["category_id"] for segment in item["segments"]["segments_info"]]
+            ignore_index = self.ignore_index if self.ignore_index is not None else -1
+            classes = np.array([ignore_index] + lookup, np.int64)[item["segments"]["segmentation"]]
+        item["semantic"] = classes
+        return item
 
 
 def _infer_label_set(id2label: Mapping[int, str]) -> str | None:
@@ -619,8 +645,8 @@ def evaluate_model(
     reduce_labels: bool | None = None,
     export_dir: str | os.PathLike | None = None,
     dataset_name: str | None = None,
+    num_workers: int = 0,
     progress: bool = True,
-    device: "str | torch.device | None" = None,
 ) -> dict[str, float]:
     """
     Evaluate a PEM model on a dataset and return the paper's metrics (in percent; see the module docstring for the
@@ -655,10 +681,10 @@ def evaluate_model(
         dataset_name (`str`, *optional*):
             Label set of the exported files, `"cityscapes"` or `"ade20k"`. Defaults to the dataset whose class names
             equal the model's, else class indices are written.
+        num_workers (`int`, *optional*, defaults to 0):
+            DataLoader worker processes that decode the examples and build their references while the model runs.
         progress (`bool`, *optional*, defaults to `True`):
             Show a tqdm progress bar (images/s).
-        device (`str` or `torch.device`, *optional*):
-            Where to run the model. Defaults to the device of its parameters.
 
     Returns:
         `dict[str, float]`: the metrics in percent, e.g. `{"mIoU": 79.9, "mAcc": ..., "pAcc": ..., "IoU-road": ...}`.
@@ -682,7 +708,7 @@ def evaluate_model(
             "and the instance task evaluates none: drop scales/flip/sliding_window."
         )
     predictor = _Predictor(
-        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, device
+        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size
     )
     id2label = {i: str(model.config.id2label[i]) for i in range(predictor.num_labels)}
     ignore_index = getattr(processor, "ignore_index", 255)
@@ -694,71 +720,80 @@ def evaluate_model(
     if export_dir is not None:
         label_set = dataset_name if dataset_name is not None else _infer_label_set(id2label)
         exporter = PredictionExporter(export_dir, id2label, predictor.thing_ids, label_set)
-
-    semantic_metric = MeanIoU() if task != "instance" else None
-    panoptic_metric = PanopticQuality() if task == "panoptic" else None
-    instance_metric = MaskAP() if task == "instance" else None
+    scores = _DatasetScores(task, id2label, predictor.thing_ids, ignore_index, exporter)
+    examples = _EvaluationExamples(dataset, task, ignore_index, reduce_labels)
+    loader = torch.utils.data.DataLoader(examples, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
     with _eval_mode(model), torch.inference_mode():
         with tqdm(total=len(dataset), unit="img", desc=f"Evaluating ({task})", disable=not progress) as bar:
-            for start in range(0, len(dataset), batch_size):
-                indices = range(start, min(start + batch_size, len(dataset)))
-                examples = [dataset[index] for index in indices]
-                predictions = predictor([example["image"] for example in examples], return_scores=False)
-                for index, example, prediction in zip(indices, examples, predictions):
-                    image_id = str(example.get("image_id") or f"{index:06d}").replace(os.sep, "_")
-                    semantic = prediction["semantic"].cpu().numpy()
-                    if semantic_metric is not None:
-                        reference = _semantic_reference(example, task, reduce_labels, ignore_index)
-                        if reference.shape != semantic.shape:
-                            raise ValueError(
-                                f"Example {index} ({image_id}): its image is {semantic.shape[::-1]} but its semantic "
-                                f"map is {reference.shape[::-1]} (width x height)."
-                            )
-                        semantic_metric.add(prediction=semantic, reference=reference)
-                    if task != "semantic":
-                        output = prediction[task]
-                        segmentation = output["segmentation"].cpu().numpy()
-                        reference = _panoptic_reference(example, task)
-                        metric = panoptic_metric if task == "panoptic" else instance_metric
-                        metric.add(
-                            prediction={"segmentation": segmentation, "segments_info": output["segments_info"]},
-                            reference=reference,
-                        )
-                    if exporter is not None:
-                        if task != "instance":
-                            exporter.add_semantic(image_id, semantic)
-                        if task == "panoptic":
-                            exporter.add_panoptic(image_id, segmentation, output["segments_info"])
-                        elif task == "instance":
-                            exporter.add_instance(image_id, segmentation, output["segments_info"])
-                bar.update(len(examples))
+            for items in loader:
+                predictions = predictor([item["image"] for item in items], return_scores=False)
+                for item, prediction in zip(items, predictions):
+                    scores.add(item, prediction)
+                bar.update(len(items))
     if exporter is not None:
         exporter.close()
+    return scores.compute()
 
-    results: dict[str, float] = {}
-    if task == "panoptic":
-        stuff_ids = sorted(set(range(predictor.num_labels)) - set(predictor.thing_ids))
-        scores = panoptic_metric.compute(thing_ids=predictor.thing_ids, stuff_ids=stuff_ids)
-        for name in ("pq", "sq", "rq"):
-            for suffix, key_suffix in (("", ""), ("_things", "_th"), ("_stuff", "_st")):
-                results[name.upper() + key_suffix] = _percent(scores[name + suffix])
-        for index, value in scores["per_category_pq"].items():
-            results[f"PQ-{id2label[index]}"] = _percent(value)
-    if semantic_metric is not None:
-        scores = semantic_metric.compute(num_labels=predictor.num_labels, ignore_index=ignore_index)
-        results["mIoU"] = _percent(scores["mean_iou"])
-        results["mAcc"] = _percent(scores["mean_accuracy"])
-        results["pAcc"] = _percent(scores["overall_accuracy"])
-        for index, value in enumerate(scores["per_category_iou"]):
-            results[f"IoU-{id2label[index]}"] = _percent(value)
-    if task == "instance":
-        scores = instance_metric.compute(thing_ids=predictor.thing_ids)
-        names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
-        for key, name in zip(HEADLINE_METRICS["instance"], names):
-            results[key] = _percent(scores[name])
-        for index, value in scores["per_category_ap"].items():
-            results[f"AP-{id2label[index]}"] = _percent(value)
-    return results
+
+class _DatasetScores:
+    """The metrics of an evaluation: every example's references and predictions, then the paper's metrics."""
+
+    def __init__(self, task, id2label, thing_ids, ignore_index, exporter):
+        self.task, self.id2label, self.thing_ids, self.ignore_index = task, id2label, thing_ids, ignore_index
+        self.exporter = exporter
+        self.semantic_metric = MeanIoU() if task != "instance" else None
+        self.segments_metric = {"panoptic": PanopticQuality(), "instance": MaskAP()}.get(task)
+
+    def add(self, item: dict, prediction: dict) -> None:
+        """Add an item of `_EvaluationExamples` and its prediction."""
+        image_id = item["image_id"]
+        if self.semantic_metric is not None:
+            semantic = prediction["semantic"].cpu().numpy()
+            if item["semantic"].shape != semantic.shape:
+                raise ValueError(
+                    f"Example {item['index']} ({image_id}): its image is {semantic.shape[::-1]} but its semantic map "
+                    f"is {item['semantic'].shape[::-1]} (width x height)."
+                )
+            self.semantic_metric.add(prediction=semantic, reference=item["semantic"])
+            if self.exporter is not None:
+                self.exporter.add_semantic(image_id, semantic)
+        if self.segments_metric is not None:
+            output = prediction[self.task]
+            segmentation = output["segmentation"].cpu().numpy()
+            self.segments_metric.add(
+                prediction={"segmentation": segmentation, "segments_info": output["segments_info"]},
+                reference=item["segments"],
+            )
+            if self.exporter is not None and self.task == "panoptic":
+                self.exporter.add_panoptic(image_id, segmentation, output["segments_info"])
+            elif self.exporter is not None:
+                self.exporter.add_instance(image_id, segmentation, output["segments_info"])
+
+    def compute(self) -> dict[str, float]:
+        results: dict[str, float] = {}
+        if self.task == "panoptic":
+            stuff_ids = sorted(set(self.id2label) - set(self.thing_ids))
+            scores = self.segments_metric.compute(thing_ids=self.thing_ids, stuff_ids=stuff_ids)
+            for name in ("pq", "sq", "rq"):
+                for suffix, key_suffix in (("", ""), ("_things", "_th"), ("_stuff", "_st")):
+                    results[name.upper() + key_suffix] = _percent(scores[name + suffix])
+            for index, value in scores["per_category_pq"].items():
+                results[f"PQ-{self.id2label[index]}"] = _percent(value)
+        if self.semantic_metric is not None:
+            scores = self.semantic_metric.compute(num_labels=len(self.id2label), ignore_index=self.ignore_index)
+            results["mIoU"] = _percent(scores["mean_iou"])
+            results["mAcc"] = _percent(scores["mean_accuracy"])
+            results["pAcc"] = _percent(scores["overall_accuracy"])
+            for index, value in enumerate(scores["per_category_iou"]):
+                results[f"IoU-{self.id2label[index]}"] = _percent(value)
+        if self.task == "instance":
+            scores = self.segments_metric.compute(thing_ids=self.thing_ids)
+            names = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
+            for key, name in zip(HEADLINE_METRICS["instance"], names):
+                results[key] = _percent(scores[name])
+            for index, value in scores["per_category_ap"].items():
+                results[f"AP-{self.id2label[index]}"] = _percent(value)
+        return results
 
 
 def format_results_table(results: Mapping[str, float], task: str, per_class: bool = True) -> str:
@@ -853,6 +888,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--split", default="val")
     parser.add_argument("--task", choices=TASKS, default="semantic")
     parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0, help="processes decoding the data and references")
     parser.add_argument("--tta", action="store_true", help="the official multi-scale + flip test-time augmentation")
     parser.add_argument("--scales", type=int, nargs="+", help="custom TTA shortest-edge sizes")
     parser.add_argument("--max-size", type=int, help="longest-edge cap of the TTA scales")
@@ -913,8 +949,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     dataset = load_evaluation_dataset(args.dataset, args.data_root, args.split, args.task)
     if args.max_images is not None:
         dataset = dataset.select(range(min(args.max_images, len(dataset))))
-    # ADE20K panoptic: the semantic annotations added by load_evaluation_dataset store class c as c + 1
-    reduce_labels = True if args.dataset == "ade20k" and "semantic" in dataset.column_names else None
+    # The local ADE20K semantic annotations (also added to the panoptic task) store class c as c + 1, whatever the
+    # processor says; Cityscapes maps hold train ids.
+    reduce_labels = args.dataset == "ade20k" if known_dataset else None
 
     start = time.perf_counter()
     metrics = evaluate_model(
@@ -931,8 +968,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         reduce_labels=reduce_labels,
         export_dir=args.export_dir,
         dataset_name=args.dataset if known_dataset else None,
+        num_workers=args.num_workers,
         progress=not args.no_progress,
-        device=args.device,
     )
     seconds = time.perf_counter() - start
     results = {
