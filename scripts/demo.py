@@ -64,8 +64,9 @@ def main() -> None:
             f"--data-root={data_root}",
             f"--output-dir={run_dir}",
             f"--scale={height / 1024}",  # the official crop/resize recipe, scaled to the synthetic image size
-            f"--test-size={height}",
-            f"{width}",
+            "--test-size",
+            str(height),
+            str(width),
             f"--max-steps={args.max_steps}",
             f"--batch-size={args.batch_size}",
             f"--learning-rate={args.learning_rate}",

@@ -136,6 +136,7 @@ def results():
         [Scenario(64, 64, 5)],
         repeats=3,
         warmup=1,
+        precisions=("fp32", "amp"),
         memory=False,
         threads=1,
     )
@@ -148,9 +149,11 @@ def test_results_structure(results):
     assert results["settings"]["models"] == ["pem-tiny", "mask2former-r50"]
     assert results["memory"] == []
 
-    assert [entry["model"] for entry in results["inference"]] == ["pem-tiny", "mask2former-r50"]
+    models, precisions = ["pem-tiny", "mask2former-r50"], ["fp32", "fp32", "amp", "amp"]
+    assert [entry["model"] for entry in results["inference"]] == models * 2
+    assert [entry["precision"] for entry in results["inference"]] == precisions
     for entry in results["inference"]:
-        assert [entry[key] for key in SETTING] == [64, 96, 5, 1, "fp32"]
+        assert [entry[key] for key in SETTING] == [64, 96, 5, 1, entry["precision"]]
         check_summary(entry["forward_s"], 3)
         check_summary(entry["with_post_processing_s"], 3)
         # With post-processing = the same runs' forward time plus the post-processing time.
@@ -160,21 +163,29 @@ def test_results_structure(results):
         assert entry["with_post_processing_images_per_s"] == pytest.approx(
             1 / entry["with_post_processing_s"]["median"]
         )
-    pem, reference = results["inference"]
-    for key in ("forward_s", "with_post_processing_s"):
-        assert reference["speedup_vs_reference"][key] == 1
-        assert pem["speedup_vs_reference"][key] == pytest.approx(reference[key]["median"] / pem[key]["median"])
+    for pem, reference in (results["inference"][:2], results["inference"][2:]):  # per precision
+        for key in ("forward_s", "with_post_processing_s"):
+            assert reference["speedup_vs_reference"][key] == 1
+            assert pem["speedup_vs_reference"][key] == pytest.approx(reference[key]["median"] / pem[key]["median"])
 
-    assert [entry["model"] for entry in results["training"]] == ["pem-tiny", "mask2former-r50"]
+    assert [entry["model"] for entry in results["training"]] == models * 2
+    assert [entry["precision"] for entry in results["training"]] == precisions
     for entry in results["training"]:
-        assert [entry[key] for key in SETTING] == [64, 64, 5, 2, "fp32"]
+        assert [entry[key] for key in SETTING] == [64, 64, 5, 2, entry["precision"]]
         check_summary(entry["step_s"], 3)
         assert entry["steps_per_s"] == pytest.approx(1 / entry["step_s"]["median"])
         assert entry["images_per_s"] == pytest.approx(2 / entry["step_s"]["median"])
-    pem, reference = results["training"]
-    assert pem["speedup_vs_reference"]["step_s"] == pytest.approx(
-        reference["step_s"]["median"] / pem["step_s"]["median"]
-    )
+    for pem, reference in (results["training"][:2], results["training"][2:]):
+        assert reference["speedup_vs_reference"]["step_s"] == 1
+        assert pem["speedup_vs_reference"]["step_s"] == pytest.approx(
+            reference["step_s"]["median"] / pem["step_s"]["median"]
+        )
+
+    markdown = format_markdown(results)
+    for heading in ("## Inference", "## Training step", "## Parameters", "## GMACs"):
+        assert heading in markdown
+    assert "## Peak memory" not in markdown
+    assert "| pem-tiny | 64×96 | 5 | amp |" in markdown
 
 
 def test_parameters_and_gmacs(results):

@@ -143,3 +143,23 @@ def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):
     state = final_state(tmp_path)
     assert state["replicas_identical"] is True, result.stdout
     assert state["step"] == 2
+
+
+def test_finetune_notebook_runs_on_a_custom_folder(tmp_path, monkeypatch):
+    """notebooks/finetune.ipynb, executed offline on its synthetic folder dataset with a tiny model."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("PEM_MAX_STEPS", "4")
+    monkeypatch.setenv("PEM_CONFIG_OVERRIDES", json.dumps(TINY))
+    monkeypatch.setenv("PEM_OUTPUT", str(tmp_path / "run"))
+    notebook = nbformat.read(ROOT / "notebooks" / "finetune.ipynb", as_version=4)
+    NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    state = json.loads((tmp_path / "run" / "final" / "training_state.json").read_text())
+    assert state["step"] == 4 and 0 <= state["eval"]["mIoU"] <= 100
+    model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "run" / "final")
+    assert model.config.id2label == {0: "background", 1: "square", 2: "disc"} and model.config.thing_ids == [1, 2]
+    assert any(output.get("output_type") == "execute_result" for output in notebook.cells[-1].outputs)

@@ -88,7 +88,7 @@ def build_optimizer(
     return torch.optim.AdamW(
         [{"params": params, "lr": lr, "weight_decay": decay} for (lr, decay), params in groups.items()],
         lr=learning_rate,
-        fused=True,  # one kernel for all parameters (CPU and GPU); the per-tensor default costs seconds per step on CPU
+        fused=True,  # one kernel for all parameters; the per-tensor default costs seconds per step on CPU
     )
 
 
@@ -130,7 +130,8 @@ def load_training_data(args: argparse.Namespace, split: str) -> datasets.Dataset
         return load_cityscapes(args.data_root, split=split, task=args.task)
     if args.dataset == "ade20k":
         return load_ade20k(args.data_root, split=split, task=args.task)
-    return load_segmentation_dataset(args.data_root, split=split, task=args.task)
+    column_mapping = json.loads(args.column_mapping) if args.column_mapping else None
+    return load_segmentation_dataset(args.data_root, split=split, task=args.task, column_mapping=column_mapping)
 
 
 def build_model(args: argparse.Namespace, id2label: dict[int, str] | None) -> PEMForUniversalSegmentation:
@@ -204,11 +205,14 @@ def train(args: argparse.Namespace) -> dict:
     )
     if args.test_size:
         processor.size = {"shortest_edge": args.test_size[0], "longest_edge": args.test_size[1]}
-    dataset_name = args.dataset if args.dataset in ("cityscapes", "ade20k") else "cityscapes"
+    if args.reduce_labels is not None:
+        processor.do_reduce_labels = args.reduce_labels
+    recipe_name = args.augmentation or ("cityscapes" if args.dataset == "cityscapes" else "ade20k")
     transform = PEMSegmentationTransform(
         processor,
         task=args.task,
-        augmentation=official_train_augmentation(dataset_name, args.task, scale=args.scale),
+        augmentation=official_train_augmentation(recipe_name, args.task, scale=args.scale),
+        reduce_labels=args.reduce_labels,
         num_labels=model.config.num_labels,
     )
     train_set = AugmentedSegmentationDataset(train_data, transform, seed=args.seed)
@@ -284,8 +288,9 @@ def train(args: argparse.Namespace) -> dict:
             loss = accelerator.reduce(outputs.loss.detach(), reduction="mean").item()
             history.append(loss)
             progress.update(1)
-            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-            accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+            learning_rate = max(scheduler.get_last_lr())  # the head's; the backbone's is scaled down
+            progress.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate:.2e}")
+            accelerator.log({"train/loss": loss, "train/lr": learning_rate}, step=step)
             if args.save_every and step % args.save_every == 0 and step < max_steps:
                 save_checkpoint(accelerator, output_dir, step, epoch, args.keep_checkpoints)
             if eval_data is not None and step % args.eval_every == 0:
@@ -359,9 +364,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--data-root", required=True, help="dataset root folder, or a Hub id / parquet path (--dataset hub)"
     )
     data.add_argument("--task", choices=["semantic", "instance", "panoptic"], default="semantic")
+    data.add_argument(
+        "--column-mapping", help='JSON renaming dataset columns (--dataset hub), e.g. \'{"annotation": "semantic"}\''
+    )
     data.add_argument("--train-split", default="train")
     data.add_argument("--eval-split", default="val")
-    data.add_argument("--scale", type=float, default=1.0, help="scale of the official resize/crop sizes")
+    data.add_argument(
+        "--augmentation",
+        choices=["cityscapes", "ade20k"],
+        help="official augmentation recipe (default: the dataset's; ADE20K's square crops for other datasets)",
+    )
+    data.add_argument("--scale", type=float, default=1.0, help="scale of the recipe's resize/crop sizes")
+    data.add_argument(
+        "--reduce-labels",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="semantic maps with 0 = 'other' (ADE20K): 0 -> ignore, c -> c - 1 (default: the processor's setting)",
+    )
     data.add_argument("--test-size", type=int, nargs=2, metavar=("SHORT", "MAX"), help="evaluation resize")
     data.add_argument("--num-workers", type=int, default=0)
     optim = parser.add_argument_group("optimisation (defaults: the preset's official recipe)")
