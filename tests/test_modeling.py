@@ -364,3 +364,42 @@ def test_inference_path_equals_the_plain_path(tiny_model):
     assert fast.auxiliary_logits is None and len(plain.auxiliary_logits) == 3
     torch.testing.assert_close(fast.class_queries_logits, plain.class_queries_logits, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(fast.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["stdc", "resnet"])
+def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
+    """fold_batch_norm() (inference) against the plain model, with non-trivial BatchNorm statistics."""
+    backbone_config = (
+        ResNetConfig(
+            depths=[1, 1, 1, 1],
+            hidden_sizes=[32, 64, 96, 128],
+            embedding_size=16,
+            out_features=["stage1", "stage2", "stage3", "stage4"],
+        )
+        if backbone == "resnet"
+        else STDCConfig(base_channels=16, layers=[1, 1, 1], block_type="add")
+    )
+    torch.manual_seed(0)
+    model = PEMForUniversalSegmentation(tiny_config(backbone_config=backbone_config))
+    generator = torch.Generator().manual_seed(1)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.weight.data.uniform_(0.5, 1.5, generator=generator)
+            module.bias.data.normal_(0, 0.2, generator=generator)
+            module.running_mean.normal_(0, 0.2, generator=generator)
+            module.running_var.uniform_(0.5, 2.0, generator=generator)
+    model.eval()
+    pixel_values = torch.randn(2, 3, 96, 128)
+    with torch.no_grad():
+        plain = model(pixel_values)
+        folded_model = model.fold_batch_norm()
+        folded = folded_model(pixel_values)
+    batch_norms = [m for m in folded_model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    # Left: the CSM reductions (on 1x1 maps) and PEM-CA's BatchNorm before its padded depthwise convolution.
+    assert all(m.num_features in (8, 32) for m in batch_norms), [m.num_features for m in batch_norms]
+    torch.testing.assert_close(folded.class_queries_logits, plain.class_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(folded.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="folded"):
+        folded_model.train()
+    with pytest.raises(ValueError, match="folded"):
+        folded_model.save_pretrained(tmp_path)

@@ -94,6 +94,10 @@ def test_full_stdc_model_matches_official(case, layers):
     assert fast.auxiliary_logits is None
     check_predictions(case, [fast.class_queries_logits], [fast.masks_queries_logits])
     check_prototype_indices(case, fast_decoder.prototype_indices)
+    # And with BatchNorm folded into the convolutions (the deployment path).
+    with torch.no_grad():
+        folded = model.fold_batch_norm()(pixel_values)
+    check_predictions(case, [folded.class_queries_logits], [folded.masks_queries_logits])
 
 
 def test_r50_head_matches_official():

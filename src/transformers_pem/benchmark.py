@@ -112,6 +112,8 @@ class ModelSpec:
     model_class: type[nn.Module]
     make_config: Callable[[int], PreTrainedConfig]
     make_processor: Callable[[int], Any]
+    # Build the inference-optimised model (`PEMForUniversalSegmentation.fold_batch_norm()`); inference only.
+    fold_batch_norm: bool = False
 
 
 def pem_config(backbone: str, num_labels: int) -> PEMConfig:
@@ -134,12 +136,13 @@ def mask2former_r50_config(num_labels: int) -> Mask2FormerConfig:
     return Mask2FormerConfig(backbone_config=ResNetConfig(out_features=RESNET_STAGES), num_labels=num_labels)
 
 
-def _pem_spec(backbone: str) -> ModelSpec:
+def _pem_spec(backbone: str, fold_batch_norm: bool = False) -> ModelSpec:
     return ModelSpec(
-        name=f"pem-{backbone}",
+        name=f"pem-{backbone}" + ("-folded" if fold_batch_norm else ""),
         model_class=PEMForUniversalSegmentation,
         make_config=lambda num_labels: pem_config(backbone, num_labels),
         make_processor=lambda num_labels: pem_processor(backbone, num_labels),
+        fold_batch_norm=fold_batch_norm,
     )
 
 
@@ -149,6 +152,9 @@ MODELS = {
         _pem_spec("r50"),
         _pem_spec("stdc1"),
         _pem_spec("stdc2"),
+        _pem_spec("r50", fold_batch_norm=True),
+        _pem_spec("stdc1", fold_batch_norm=True),
+        _pem_spec("stdc2", fold_batch_norm=True),
         ModelSpec(
             name=REFERENCE_MODEL,
             model_class=Mask2FormerForUniversalSegmentation,
@@ -196,9 +202,12 @@ def _post_process(processor: Any, outputs: Any, height: int, width: int) -> list
     return processor.post_process_semantic_segmentation(outputs, target_sizes=target_sizes)
 
 
-def _build_model(model_class: type[nn.Module], config: PreTrainedConfig, device: torch.device, seed: int) -> nn.Module:
+def _build_model(
+    model_class: type[nn.Module], config: PreTrainedConfig, device: torch.device, seed: int, fold: bool = False
+) -> nn.Module:
     torch.manual_seed(seed)
-    return model_class(config).to(device).eval()
+    model = model_class(config).to(device).eval()
+    return model.fold_batch_norm() if fold else model
 
 
 class _TrainingStep:
@@ -419,6 +428,7 @@ def measure_peak_memory(
     precision: str,
     threads: int | None,
     seed: int = 0,
+    fold: bool = False,
 ) -> dict[str, Any]:
     """Peak memory (MB) of one inference (the forward pass, then `processor`'s post-processing unless it is None) or
     one training step of a newly built model. It measures in the calling process; `run_benchmark` calls it in a fresh
@@ -428,7 +438,7 @@ def measure_peak_memory(
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    model = _build_model(model_class, config, device, seed)
+    model = _build_model(model_class, config, device, seed, fold)
     generator = torch.Generator().manual_seed(seed)
     tracker = _PeakMemory(device)
     result = {}
@@ -699,7 +709,11 @@ def run_benchmark(
         group_train_sizes = [scenario for scenario in train_sizes if scenario.num_labels == num_labels]
         configs = {spec.name: spec.make_config(num_labels) for spec in specs}
         processors = {spec.name: spec.make_processor(num_labels) for spec in specs}
-        models = {spec.name: _build_model(spec.model_class, configs[spec.name], torch_device, seed) for spec in specs}
+        models = {
+            spec.name: _build_model(spec.model_class, configs[spec.name], torch_device, seed, spec.fold_batch_norm)
+            for spec in specs
+        }
+        trainable = {spec.name: models[spec.name] for spec in specs if not spec.fold_batch_norm}
         for name, model in models.items():
             results["parameters"].append({"model": name, "num_labels": num_labels, **count_parameters(model)})
 
@@ -720,7 +734,7 @@ def run_benchmark(
         for scenario in group_train_sizes:
             for precision in precisions:
                 results["training"] += _time_training(
-                    models, scenario, train_batch_size, precision, torch_device, repeats, warmup, generator
+                    trainable, scenario, train_batch_size, precision, torch_device, repeats, warmup, generator
                 )
         del models
         gc.collect()
@@ -729,7 +743,11 @@ def run_benchmark(
             runs = [("inference", scenario, batch_size) for scenario in group_sizes]
             runs += [("training", scenario, train_batch_size) for scenario in group_train_sizes]
             for (mode, scenario, batch), precision, spec in (
-                (run, precision, spec) for run in runs for precision in precisions for spec in specs
+                (run, precision, spec)
+                for run in runs
+                for precision in precisions
+                for spec in specs
+                if not (run[0] == "training" and spec.fold_batch_norm)
             ):
                 _log(f"peak memory {spec.name} {mode} {scenario} {precision}")
                 measured = _measure_peak_memory_isolated(
@@ -743,6 +761,7 @@ def run_benchmark(
                     precision=precision,
                     threads=torch.get_num_threads(),
                     seed=seed,
+                    fold=spec.fold_batch_norm,
                 )
                 results["settings"]["memory_method"] = measured.pop("method")
                 entry = {"model": spec.name, "mode": mode, **_setting(scenario, batch, precision)}

@@ -9,12 +9,13 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
+from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetShortCut
 from transformers.utils import ModelOutput
 
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
 from .loss_pem import PEMLoss
-from .modeling_stdc import STDCBackbone
+from .modeling_stdc import STDCBackbone, STDCConvLayer
 
 
 @dataclass
@@ -158,6 +159,7 @@ class PEMModulatedDeformConv(nn.Module):
         super().__init__()
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.register_parameter("bias", None)  # the official layer has none; set when BatchNorm is folded in
 
     def forward(self, hidden_states: Tensor, offset: Tensor, modulation: Tensor) -> Tensor:
         """hidden_states (B, C, H, W); offset (B, 2 * k * k, H, W) with channel 2t = dy and 2t + 1 = dx of tap t
@@ -183,6 +185,8 @@ class PEMModulatedDeformConv(nn.Module):
             batch_size, 1, taps, height * width
         )
         output = torch.matmul(self.weight.view(self.weight.shape[0], -1), sampled.view(batch_size, -1, height * width))
+        if self.bias is not None:
+            output = output + self.bias[:, None]
         return output.view(batch_size, -1, height, width)
 
 
@@ -602,6 +606,50 @@ class PEMPreTrainedModel(PreTrainedModel):
             super()._init_weights(module)
 
 
+# (convolution, BatchNorm applied right after it) attribute pairs of the modules whose BatchNorm can be folded.
+_FOLDABLE_PAIRS: dict[type, tuple[tuple[str, str], ...]] = {
+    PEMConvNormReLU: (("conv", "norm"),),
+    PEMDeformableLayer: (("deform_conv", "deform_norm"), ("upsample", "upsample_norm")),
+    STDCConvLayer: (("conv", "bn"),),
+    ResNetConvLayer: (("convolution", "normalization"),),
+    ResNetShortCut: (("convolution", "normalization"),),
+}
+
+
+@torch.no_grad()
+def fold_batch_norm(model: nn.Module) -> int:
+    """Fold every eval-mode BatchNorm that directly follows a convolution into that convolution (weight scaled per
+    output channel, bias added) and replace it with `nn.Identity`. Covers the PEM pixel decoder, the STDC and
+    transformers ResNet backbones and `nn.Sequential` conv/BN pairs. Returns the number of folded layers."""
+
+    def fold(conv: nn.Module, norm: nn.BatchNorm2d) -> None:
+        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
+        shift = norm.bias - norm.running_mean * scale
+        shape = [1] * conv.weight.ndim
+        shape[1 if isinstance(conv, nn.ConvTranspose2d) else 0] = -1
+        conv.weight.copy_(conv.weight * scale.view(shape))
+        bias = shift if conv.bias is None else conv.bias * scale + shift
+        conv.bias = nn.Parameter(bias)
+
+    folded = 0
+    for module in list(model.modules()):
+        if isinstance(module, nn.Sequential):
+            names = list(module._modules)
+            for first, second in zip(names, names[1:]):
+                conv, norm = module._modules[first], module._modules[second]
+                if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
+                    fold(conv, norm)
+                    module._modules[second] = nn.Identity()
+                    folded += 1
+        for conv_name, norm_name in _FOLDABLE_PAIRS.get(type(module), ()):
+            norm = getattr(module, norm_name)
+            if isinstance(norm, nn.BatchNorm2d):
+                fold(getattr(module, conv_name), norm)
+                setattr(module, norm_name, nn.Identity())
+                folded += 1
+    return folded
+
+
 def _default_init(layer: nn.Linear | nn.Conv2d) -> None:
     """PyTorch's default initialisation of a linear or convolution layer, which the official heads keep."""
     init.kaiming_uniform_(layer.weight, a=math.sqrt(5))
@@ -717,6 +765,32 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             importance_sample_ratio=config.importance_sample_ratio,
         )
         self.post_init()
+        self.batch_norm_folded = False
+
+    def fold_batch_norm(self) -> "PEMForUniversalSegmentation":
+        """Optimise the model for inference: fold BatchNorm layers into the convolutions before them (backbone and
+        pixel decoder), which saves a pass over every feature map. Outputs stay equal up to float rounding. The folded
+        model is for inference only: it can no longer be trained or saved. Returns the model, in eval mode."""
+        self.eval()
+        fold_batch_norm(self)
+        self.batch_norm_folded = True
+        return self
+
+    def train(self, mode: bool = True) -> "PEMForUniversalSegmentation":
+        if mode and getattr(self, "batch_norm_folded", False):
+            raise ValueError(
+                "This model's BatchNorm layers were folded for inference (fold_batch_norm()); it cannot be trained. "
+                "Load the checkpoint again to train."
+            )
+        return super().train(mode)
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        if self.batch_norm_folded:
+            raise ValueError(
+                "This model's BatchNorm layers were folded for inference (fold_batch_norm()); its weights no longer "
+                "match the PEM architecture. Save the model before folding."
+            )
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     def forward(
         self,
