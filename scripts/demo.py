@@ -54,7 +54,8 @@ def main() -> None:
 
     height, width = args.size
     accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes=1", "--num_machines=1"]
-    accelerate += ["--mixed_precision=no", "--dynamo_backend=no"]
+    # accelerate launch runs 1 thread per process unless told otherwise: use the machine's cores.
+    accelerate += ["--mixed_precision=no", "--dynamo_backend=no", f"--num_cpu_threads_per_process={os.cpu_count()}"]
     run(
         [
             *accelerate,

@@ -62,6 +62,14 @@ def final_state(output_dir: Path) -> dict:
     return json.loads((output_dir / "final" / "training_state.json").read_text())
 
 
+def test_batch_size_one_is_refused_with_a_clear_message(tmp_path):
+    from transformers_pem.training_pem import parse_args, train
+
+    arguments = parse_args([f"--data-root={tmp_path}", f"--output-dir={tmp_path}", "--batch-size=1"])
+    with pytest.raises(ValueError, match="at least 2 images per process"):
+        train(arguments)
+
+
 def test_official_recipes():
     assert official_recipe("pem-r50-cityscapes-semantic").learning_rate == 7e-4
     assert official_recipe("pem-r50-cityscapes-panoptic").max_steps == 90_000

@@ -173,6 +173,12 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch
 def train(args: argparse.Namespace) -> dict:
     """Run training as configured by the command-line arguments (see `parse_args`). Returns the final state."""
     output_dir = Path(args.output_dir)
+    if args.batch_size < 2:
+        raise ValueError(
+            "--batch-size 1 cannot train PEM: its pixel decoder applies BatchNorm to 1x1 pooled maps, which needs at "
+            "least 2 images per process. Use --batch-size 2 or more (with --gradient-accumulation-steps to keep "
+            "memory low)."
+        )
     set_seed(args.seed)
 
     train_data = load_training_data(args, args.train_split)
@@ -216,11 +222,6 @@ def train(args: argparse.Namespace) -> dict:
         num_labels=model.config.num_labels,
     )
     train_set = AugmentedSegmentationDataset(train_data, transform, seed=args.seed)
-    if args.batch_size < 2 and model.training:
-        accelerator.print(
-            "Warning: batch size 1 per process cannot train PEM's pixel decoder (BatchNorm on 1x1 maps); "
-            "the first step will fail. Use --batch-size 2 or more."
-        )
     loader = torch.utils.data.DataLoader(
         train_set,
         batch_size=args.batch_size,
