@@ -374,7 +374,7 @@ class PEMPrototypeCrossAttention(nn.Module):
                 masked = mask_logits < 0  # (B, Q, N)
                 # Lift the mask of an image only if every one of its queries is fully masked.
                 all_masked = masked.all(dim=2).all(dim=1)  # (B,)
-                masked &= ~all_masked[:, None, None]
+                masked = masked & ~all_masked[:, None, None]
                 similarity.masked_fill_(masked[:, None], float("-inf"))
             indices = similarity.argmax(dim=3)  # (B, h, Q); a fully masked query yields token 0
         prototypes = torch.gather(memory_heads, 2, indices.unsqueeze(-1).expand(-1, -1, -1, head_dim))
