@@ -96,6 +96,38 @@ def test_optimizer_groups_follow_the_official_rules():
     assert settings[id(names["class_predictor.weight"])] == pytest.approx((1e-3, 0.05))
 
 
+def test_frozen_backbone_batch_norm_does_not_change_and_saves_as_batch_norm():
+    """--freeze-backbone-batch-norm (the official ADE20K R50 FrozenBN): statistics and affine parameters stay fixed in
+    training, and the saved model has ordinary BatchNorm layers with the same values."""
+    from torchvision.ops import FrozenBatchNorm2d
+
+    from transformers_pem.training_pem import _plain_batch_norm, freeze_batch_norm
+
+    torch.manual_seed(0)
+    model = PEMForUniversalSegmentation(PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", **TINY))
+    backbone = model.model.pixel_level_module.encoder
+    before = {k: v.clone() for k, v in backbone.state_dict().items() if "bn" in k and "num_batches" not in k}
+    freeze_batch_norm(backbone)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    assert any(isinstance(m, FrozenBatchNorm2d) for m in backbone.modules())
+    optimizer = build_optimizer(model.train(), learning_rate=1e-2, weight_decay=0.05, backbone_lr_multiplier=1.0)
+    images = torch.randn(2, 3, 64, 64)
+    masks = [torch.ones(1, 64, 64), torch.ones(1, 64, 64)]
+    loss = model(images, mask_labels=masks, class_labels=[torch.tensor([1]), torch.tensor([2])]).loss
+    loss.backward()
+    optimizer.step()
+    after = {k: v for k, v in backbone.state_dict().items() if k in before}
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+    model.eval()
+    with torch.no_grad():
+        frozen_output = model(images).masks_queries_logits
+        _plain_batch_norm(model)
+        plain_output = model(images).masks_queries_logits
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
+    torch.testing.assert_close(plain_output, frozen_output)
+
+
 def test_cosine_schedule_matches_detectron2():
     parameter = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.AdamW([parameter], lr=4e-4)
@@ -111,12 +143,13 @@ def test_cosine_schedule_matches_detectron2():
 
 
 def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
-    run(train_command(cityscapes_root, tmp_path))
+    run(train_command(cityscapes_root, tmp_path, "--freeze-backbone-batch-norm"))
     assert final_state(tmp_path)["step"] == 6
     assert latest_checkpoint(tmp_path).name == "checkpoint-4"
     assert not list(tmp_path.glob("*.tmp"))
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
-    model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "final")
+    model, loading = PEMForUniversalSegmentation.from_pretrained(tmp_path / "final", output_loading_info=True)
+    assert loading["missing_keys"] == set() or loading["missing_keys"] == [], loading
     assert model.config.num_labels == 19 and model.config.hidden_dim == 32
     assert (tmp_path / "final" / "preprocessor_config.json").exists()
 

@@ -21,6 +21,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
 from tqdm.auto import tqdm
 
 from .configuration_pem import PEMConfig
@@ -186,6 +187,11 @@ def train(args: argparse.Namespace) -> dict:
     id2label = json.loads(args.id2label) if args.id2label else None
     id2label = {int(k): v for k, v in id2label.items()} if id2label else None
     model = build_model(args, id2label)
+    freeze_backbone = args.freeze_backbone_batch_norm
+    if freeze_backbone is None:
+        freeze_backbone = bool(args.preset) and args.preset.startswith("pem-r50-ade20k")
+    if freeze_backbone:
+        freeze_batch_norm(model.model.pixel_level_module.encoder)
     accelerator = Accelerator(
         # Without a GPU, `cpu=True` lets torchrun / accelerate launch run several CPU processes (MULTI_CPU, gloo).
         cpu=not torch.cuda.is_available(),
@@ -316,7 +322,7 @@ def train(args: argparse.Namespace) -> dict:
         final["eval"] = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
     final["weights_sha256"] = tensors_digest(unwrapped.state_dict())
     if accelerator.is_main_process:
-        unwrapped = _without_sync_batch_norm(unwrapped)
+        unwrapped = _plain_batch_norm(unwrapped)
         unwrapped.save_pretrained(output_dir / "final", safe_serialization=True)
         processor.save_pretrained(output_dir / "final")
         (output_dir / "final" / "training_state.json").write_text(json.dumps(final, indent=1))
@@ -324,15 +330,33 @@ def train(args: argparse.Namespace) -> dict:
     return final
 
 
-def _without_sync_batch_norm(model: nn.Module) -> nn.Module:
-    """SyncBatchNorm (multi-GPU training) back to BatchNorm2d, so the saved model runs anywhere."""
-    for name, child in model.named_children():
-        if isinstance(child, nn.SyncBatchNorm):
-            replacement = nn.BatchNorm2d(child.num_features, child.eps, child.momentum, child.affine)
-            replacement.load_state_dict(child.state_dict())
-            setattr(model, name, replacement)
+def freeze_batch_norm(module: nn.Module) -> nn.Module:
+    """Replace every BatchNorm2d below `module` with torchvision's FrozenBatchNorm2d (fixed statistics and affine
+    parameters), as the official ADE20K PEM-R50 configs train their backbone (detectron2 FrozenBN)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            frozen = FrozenBatchNorm2d(child.num_features, child.eps)
+            frozen.load_state_dict(
+                {key: value for key, value in child.state_dict().items() if key != "num_batches_tracked"}
+            )
+            setattr(module, name, frozen)
         else:
-            _without_sync_batch_norm(child)
+            freeze_batch_norm(child)
+    return module
+
+
+def _plain_batch_norm(model: nn.Module) -> nn.Module:
+    """SyncBatchNorm (multi-GPU training) and FrozenBatchNorm2d back to BatchNorm2d, so the saved model has PEM's
+    architecture and runs anywhere."""
+    for name, child in model.named_children():
+        if isinstance(child, nn.SyncBatchNorm | FrozenBatchNorm2d):
+            replacement = nn.BatchNorm2d(child.weight.numel(), child.eps)
+            state = child.state_dict()
+            state.setdefault("num_batches_tracked", torch.tensor(0))
+            replacement.load_state_dict(state)
+            setattr(model, name, replacement.train(child.training))
+        else:
+            _plain_batch_norm(child)
     return model
 
 
@@ -359,6 +383,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     model.add_argument("--backbone-weights", help="ImageNet backbone checkpoint (STDC .tar/.pkl, ResNet-50 .pth)")
     model.add_argument("--id2label", help="JSON {id: name} for a custom label set (else the preset's dataset)")
     model.add_argument("--thing-ids", type=int, nargs="*", help="thing classes of a custom label set")
+    model.add_argument(
+        "--freeze-backbone-batch-norm",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="fixed backbone BatchNorm (FrozenBN); default: on for the ADE20K R50 presets, as officially",
+    )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", choices=["cityscapes", "ade20k", "hub"], default="cityscapes")
     data.add_argument(
