@@ -22,6 +22,7 @@ import torch
 import torchvision
 from huggingface_hub import HfApi
 from safetensors.torch import load_file, save_file
+from tiny_configs import PARITY_HEAD
 from transformers import ResNetBackbone, ResNetConfig, ResNetForImageClassification, TimmBackboneConfig
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig
@@ -43,14 +44,6 @@ from transformers_pem.image_processing_pem import PEMImageProcessor
 ROOT = Path(__file__).parents[1]
 FIXTURES = Path(__file__).parent / "fixtures" / "convert"
 PARITY = Path(__file__).parent / "fixtures" / "parity"
-TINY_HEAD = {
-    "conv_dim": 16,
-    "mask_dim": 32,
-    "hidden_dim": 32,
-    "num_queries": 10,
-    "num_attention_heads": 4,
-    "dim_feedforward": 64,
-}
 with lzma.open(FIXTURES / "manifests.json.xz", "rt") as file:
     MANIFESTS = json.load(file)
 
@@ -279,7 +272,7 @@ def test_malicious_pickles_are_refused(tmp_path):
 def tiny_stdc_config(case: str = "stdc1_tiny_semantic") -> PEMConfig:
     layers = [2, 2, 2] if case.startswith("stdc1") else [4, 5, 3]
     return PEMConfig.from_preset(
-        "pem-stdc1-cityscapes-semantic", backbone_config=STDCConfig(base_channels=16, layers=layers), **TINY_HEAD
+        "pem-stdc1-cityscapes-semantic", backbone_config=STDCConfig(base_channels=16, layers=layers), **PARITY_HEAD
     )
 
 
@@ -430,7 +423,7 @@ def test_resnet_imagenet_weights_in_every_format(tmp_path, torchvision_resnet50,
     config = PEMConfig.from_preset(
         "pem-r50-cityscapes-semantic",
         backbone_config=TimmBackboneConfig(backbone="resnet50", out_indices=[1, 2, 3, 4]),
-        **TINY_HEAD,
+        **PARITY_HEAD,
     )
     model = PEMForUniversalSegmentation(config)
     load_backbone_weights(model, tmp_path / "resnet50-torchvision.pth")
@@ -487,7 +480,7 @@ def test_stdc_imagenet_weights_and_their_detectron2_conversion(tmp_path, layers)
         config = STDCConfig(base_channels=16, layers=layers, use_conv_last=use_conv_last)
         for name in ("STDCNet.tar", "STDC.pkl"):
             model = PEMForUniversalSegmentation(
-                PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", backbone_config=config, **TINY_HEAD)
+                PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", backbone_config=config, **PARITY_HEAD)
             )
             load_backbone_weights(model, tmp_path / name)
             loaded = model.model.pixel_level_module.encoder.state_dict()

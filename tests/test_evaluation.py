@@ -26,6 +26,7 @@ from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as citys
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
+from tiny_configs import TINY_DECODER
 from torch import nn
 from torch.nn import functional as F
 
@@ -65,12 +66,7 @@ def tiny_model() -> PEMForUniversalSegmentation:
     torch.manual_seed(0)
     config = PEMConfig(
         backbone_config=STDCConfig(base_channels=16, layers=[1, 1, 1]),
-        conv_dim=16,
-        mask_dim=16,
-        hidden_dim=32,
-        num_queries=8,
-        num_attention_heads=4,
-        dim_feedforward=32,
+        **TINY_DECODER,
         decoder_layers=2,
         id2label=CITYSCAPES_NAMES,
         thing_ids=CITYSCAPES_THINGS,

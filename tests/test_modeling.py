@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from tiny_configs import TINY_DECODER
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -21,12 +22,7 @@ from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
 def tiny_config(**overrides) -> PEMConfig:
     values = {
         "backbone_config": STDCConfig(base_channels=16, layers=[1, 1, 1]),
-        "conv_dim": 16,
-        "mask_dim": 16,
-        "hidden_dim": 32,
-        "num_queries": 8,
-        "num_attention_heads": 4,
-        "dim_feedforward": 32,
+        **TINY_DECODER,
         "decoder_layers": 3,
         "train_num_points": 256,
         "id2label": {0: "background", 1: "square", 2: "disc"},

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from tiny_configs import PARITY_HEAD
 from transformers import ResNetConfig
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCConfig
@@ -17,15 +18,6 @@ from transformers_pem.convert import convert_official_state_dict, rename_officia
 from transformers_pem.modeling_pem import PEMPrototypeCrossAttention
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"
-
-TINY_HEAD = {
-    "conv_dim": 16,
-    "mask_dim": 32,
-    "hidden_dim": 32,
-    "num_queries": 10,
-    "num_attention_heads": 4,
-    "dim_feedforward": 64,
-}
 
 
 def assert_close_to_reference(actual: torch.Tensor, reference: torch.Tensor, name: str) -> None:
@@ -68,7 +60,7 @@ def check_prototype_indices(case: str, indices: tuple[torch.Tensor, ...]) -> Non
 @pytest.mark.parametrize(("case", "layers"), [("stdc1_tiny_semantic", [2, 2, 2]), ("stdc2_tiny_panoptic", [4, 5, 3])])
 def test_full_stdc_model_matches_official(case, layers):
     config = PEMConfig.from_preset(
-        "pem-stdc1-cityscapes-semantic", backbone_config=STDCConfig(base_channels=16, layers=layers), **TINY_HEAD
+        "pem-stdc1-cityscapes-semantic", backbone_config=STDCConfig(base_channels=16, layers=layers), **PARITY_HEAD
     )
     model = load_case(case, config, with_backbone=True)
     pixel_values = load_file(FIXTURES / case / "inputs.safetensors")["pixel_values"]
@@ -106,7 +98,7 @@ def test_r50_head_matches_official():
     config = PEMConfig.from_preset(
         "pem-r50-ade20k-semantic",
         backbone_config=ResNetConfig(depths=[1, 1, 1, 1], out_features=["stage1", "stage2", "stage3", "stage4"]),
-        **TINY_HEAD,
+        **PARITY_HEAD,
     )
     model = load_case(case, config, with_backbone=False)
     inputs = load_file(FIXTURES / case / "inputs.safetensors")

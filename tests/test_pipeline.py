@@ -11,6 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
+from tiny_configs import TINY_DECODER
 from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, ResNetConfig, pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation
@@ -35,12 +36,7 @@ def checkpoint(tmp_path_factory):
     )
     config = PEMConfig(
         backbone_config=backbone,
-        conv_dim=16,
-        mask_dim=16,
-        hidden_dim=32,
-        num_queries=8,
-        num_attention_heads=4,
-        dim_feedforward=32,
+        **TINY_DECODER,
         decoder_layers=3,
         id2label=ID2LABEL,
         thing_ids=[1, 2],

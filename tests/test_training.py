@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_configs import TINY_DECODER
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation
 from transformers_pem.synthetic_pem import generate_cityscapes
@@ -18,12 +19,7 @@ from transformers_pem.training_pem import build_optimizer, build_scheduler, late
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]},
-    "conv_dim": 16,
-    "mask_dim": 16,
-    "hidden_dim": 32,
-    "num_queries": 8,
-    "num_attention_heads": 4,
-    "dim_feedforward": 32,
+    **TINY_DECODER,
     "decoder_layers": 2,
     "train_num_points": 256,
 }
