@@ -267,6 +267,7 @@ def train(args: argparse.Namespace) -> dict:
     accelerator.init_trackers("pem", config={k: v for k, v in vars(args).items() if isinstance(v, int | float | str)})
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     history, started = [], time.perf_counter()
+    metrics, evaluated_step = None, None
     model.train()
     while step < max_steps:
         loader.set_epoch(epoch)
@@ -302,6 +303,7 @@ def train(args: argparse.Namespace) -> dict:
                 save_checkpoint(accelerator, output_dir, step, epoch, args.keep_checkpoints)
             if eval_data is not None and step % args.eval_every == 0:
                 metrics = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
+                evaluated_step = step
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
                 accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 model.train()
@@ -319,7 +321,10 @@ def train(args: argparse.Namespace) -> dict:
         digests = accelerator.gather_for_metrics([digest], use_gather_object=True)
         final["replicas_identical"] = len(set(digests)) == 1
     if eval_data is not None:
-        final["eval"] = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
+        # The final weights were just evaluated if the last step was an evaluation step.
+        if evaluated_step != step:
+            metrics = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
+        final["eval"] = metrics
     final["weights_sha256"] = tensors_digest(unwrapped.state_dict())
     if accelerator.is_main_process:
         unwrapped = _plain_batch_norm(unwrapped)
