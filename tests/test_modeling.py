@@ -403,7 +403,14 @@ def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
 
 @pytest.mark.parametrize(
     ("height", "width", "size"),
-    [(64, 128, (8, 16)), (64, 128, (16, 32)), (32, 48, (4, 6)), (64, 128, (32, 64)), (30, 50, (5, 7))],
+    [
+        (64, 128, (8, 16)),
+        (64, 128, (16, 32)),
+        (32, 48, (4, 6)),
+        (64, 128, (32, 64)),
+        (48, 96, (16, 32)),
+        (30, 50, (5, 7)),
+    ],
 )
 def test_downsample_bilinear_equals_interpolate(height, width, size):
     from transformers_pem.modeling_pem import downsample_bilinear

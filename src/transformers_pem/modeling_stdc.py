@@ -26,7 +26,7 @@ class STDCConvLayer(nn.Module):
             in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2, bias=False
         )
         self.bn = nn.BatchNorm2d(out_channels)
-        self.relu = nn.ReLU()
+        self.relu = nn.ReLU(inplace=True)  # the BatchNorm output is used only here
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.relu(self.bn(self.conv(hidden_states)))
