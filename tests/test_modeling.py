@@ -418,3 +418,36 @@ def test_downsample_bilinear_equals_interpolate(height, width, size):
     features = torch.randn(2, 5, height, width)
     reference = torch.nn.functional.interpolate(features, size=size, mode="bilinear", align_corners=False)
     torch.testing.assert_close(downsample_bilinear(features, size), reference, atol=1e-6, rtol=1e-6)
+
+
+def test_chunked_prototype_selection_is_the_argmax_over_all_tokens():
+    """The selection scores tokens in chunks; it must pick what one masked argmax over all tokens picks, including the
+    first of tied tokens that lie in different chunks and token 0 for a fully masked query."""
+    from transformers_pem.modeling_pem import PEMPrototypeCrossAttention
+
+    generator = torch.Generator().manual_seed(0)
+    batch_size, num_tokens, num_queries, channels, heads = 2, 23, 6, 16, 4
+    normalize = torch.nn.functional.normalize
+    memory = normalize(torch.randn(batch_size, num_tokens, channels, generator=generator), dim=-1)
+    memory[:, 17] = memory[:, 3]  # a tie across the chunks of 5 tokens: token 3 must win
+    queries = normalize(torch.randn(batch_size, num_queries, channels, generator=generator), dim=-1)
+    mask_logits = torch.randn(batch_size, num_queries, num_tokens, generator=generator)
+    mask_logits[:, 0] = -1.0
+    mask_logits[:, 0, [3, 17]] = 1.0  # query 0 keeps only the two tied tokens
+    mask_logits[0, 1] = -1.0  # image 0, query 1: fully masked
+
+    # Reference: the official formulation, a (B, heads, Q, N) similarity, -inf where masked, argmax.
+    head_dim = channels // heads
+    memory_heads = memory.view(batch_size, num_tokens, heads, head_dim).transpose(1, 2)
+    query_heads = queries.view(batch_size, num_queries, heads, head_dim).transpose(1, 2)
+    similarity = query_heads @ memory_heads.transpose(2, 3)
+    expected = similarity.masked_fill((mask_logits < 0)[:, None], float("-inf")).argmax(dim=3)
+
+    module = PEMPrototypeCrossAttention(channels, heads)
+    for chunk_size in (5, 8, 4096):
+        module.selection_chunk_size = chunk_size
+        prototypes, indices = module.select_prototypes(memory, queries, mask_logits)
+        torch.testing.assert_close(indices, expected, rtol=0, atol=0)
+        assert (indices[:, :, 0] == 3).all() and (indices[0, :, 1] == 0).all()
+        gathered = torch.gather(memory_heads, 2, expected[..., None].expand(-1, -1, -1, head_dim))
+        torch.testing.assert_close(prototypes, gathered.transpose(1, 2).reshape(batch_size, num_queries, channels))

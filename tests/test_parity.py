@@ -127,12 +127,12 @@ def test_prototype_cross_attention_unit_matches_official():
     query_position = inputs["query_pos"].transpose(0, 1)
     for name, mask in (("masked", inputs["memory_mask"]), ("no_mask", None)):
         with torch.no_grad():
-            output, indices = module(hidden_states, inputs["memory"], inputs["pos"], query_position, mask)
+            output, indices = module(hidden_states, inputs["memory"] + inputs["pos"], query_position, mask)
         assert_close_to_reference(output.transpose(0, 1), reference[f"out.{name}"], f"PEM-CA out.{name}")
         torch.testing.assert_close(indices, reference[f"most_similar_indices.{name}"])
     # Spot-check the rules themselves, independently of the reference tensors (README of the fixture, section 7).
     with torch.no_grad():
-        _, indices = module(hidden_states, inputs["memory"], inputs["pos"], query_position, inputs["memory_mask"])
+        _, indices = module(hidden_states, inputs["memory"] + inputs["pos"], query_position, inputs["memory_mask"])
     assert (indices[0, :, 1] == 0).all()  # image 0, query 1: fully masked -> token 0
     assert (indices[0, :, 3] == 18).all()  # image 0, query 3: only zero logits survive, the one at (2, 4) wins
     assert (indices[2, :, 0] == 22).all()  # image 2, query 0: the single positive logit at (3, 1)
