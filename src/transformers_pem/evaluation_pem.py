@@ -354,7 +354,7 @@ class _Predictor:
         predictions = []
         for index, score_sum in enumerate(score_sums):
             scores = score_sum / len(self.augmentations)
-            prediction = {"semantic": scores.argmax(dim=0)}
+            prediction = {"semantic": scores.max(dim=0).indices}
             if return_scores:
                 prediction["semantic_scores"] = scores
             if needs_segments:
