@@ -20,6 +20,7 @@ from transformers import (
 
 from transformers_pem.benchmark import (
     MAC_HANDLES,
+    MODELS,
     RESNET_STAGES,
     ModelSpec,
     Scenario,
@@ -315,3 +316,5 @@ def test_bad_arguments():
         run_benchmark(TINY_SPECS, [Scenario(64, 64, 5)], [], precisions=("fp16",))
     with pytest.raises(ValueError, match="at least one model"):
         run_benchmark([], [Scenario(64, 64, 5)], [])
+    with pytest.raises(ValueError, match="warmup >= 1"):
+        run_benchmark([MODELS["pem-stdc1-compiled"]], [Scenario(64, 64, 5)], [], warmup=0)

@@ -362,9 +362,8 @@ def test_inference_path_equals_the_plain_path(tiny_model):
     torch.testing.assert_close(fast.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-5)
 
 
-@pytest.mark.parametrize("backbone", ["stdc", "resnet"])
-def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
-    """fold_batch_norm() (inference) against the plain model, with non-trivial BatchNorm statistics."""
+def model_with_batch_norm_statistics(backbone: str) -> PEMForUniversalSegmentation:
+    """A tiny PEM with a ResNet or STDC backbone whose BatchNorm layers have non-trivial statistics, in eval mode."""
     backbone_config = (
         ResNetConfig(
             depths=[1, 1, 1, 1],
@@ -384,7 +383,13 @@ def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
             module.bias.data.normal_(0, 0.2, generator=generator)
             module.running_mean.normal_(0, 0.2, generator=generator)
             module.running_var.uniform_(0.5, 2.0, generator=generator)
-    model.eval()
+    return model.eval()
+
+
+@pytest.mark.parametrize("backbone", ["stdc", "resnet"])
+def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
+    """fold_batch_norm() (inference) against the plain model, with non-trivial BatchNorm statistics."""
+    model = model_with_batch_norm_statistics(backbone)
     pixel_values = torch.randn(2, 3, 96, 128)
     with torch.no_grad():
         plain = model(pixel_values)
@@ -451,3 +456,17 @@ def test_chunked_prototype_selection_is_the_argmax_over_all_tokens():
         assert (indices[:, :, 0] == 3).all() and (indices[0, :, 1] == 0).all()
         gathered = torch.gather(memory_heads, 2, expected[..., None].expand(-1, -1, -1, head_dim))
         torch.testing.assert_close(prototypes, gathered.transpose(1, 2).reshape(batch_size, num_queries, channels))
+
+
+def test_compiled_folded_model_gives_the_same_outputs():
+    """The deployment setting of the benchmark's "compiled" models: folded, then torch.compile with inductor's
+    freezing (weights become constants, convolutions and ReLUs are fused)."""
+    model = model_with_batch_norm_statistics("resnet")
+    pixel_values = torch.randn(1, 3, 96, 128)
+    with torch.inference_mode():
+        plain = model(pixel_values)
+        model.fold_batch_norm().compile(dynamic=False, options={"freezing": True})
+        compiled = model(pixel_values)
+        model(pixel_values)  # a second call reuses the compiled graph
+    torch.testing.assert_close(compiled.class_queries_logits, plain.class_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(compiled.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-4)

@@ -113,8 +113,9 @@ class ModelSpec:
     model_class: type[nn.Module]
     make_config: Callable[[int], PreTrainedConfig]
     make_processor: Callable[[int], Any]
-    # Build the inference-optimised model (`PEMForUniversalSegmentation.fold_batch_norm()`); inference only.
-    fold_batch_norm: bool = False
+    # Inference optimisation (optimised models are not trained): None; "folded", `fold_batch_norm()`; or "compiled",
+    # folded, then `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused).
+    optimization: str | None = None
 
 
 def pem_config(backbone: str, num_labels: int) -> PEMConfig:
@@ -137,13 +138,13 @@ def mask2former_r50_config(num_labels: int) -> Mask2FormerConfig:
     return Mask2FormerConfig(backbone_config=ResNetConfig(out_features=RESNET_STAGES), num_labels=num_labels)
 
 
-def _pem_spec(backbone: str, fold_batch_norm: bool = False) -> ModelSpec:
+def _pem_spec(backbone: str, optimization: str | None = None) -> ModelSpec:
     return ModelSpec(
-        name=f"pem-{backbone}" + ("-folded" if fold_batch_norm else ""),
+        name=f"pem-{backbone}" + (f"-{optimization}" if optimization else ""),
         model_class=PEMForUniversalSegmentation,
         make_config=lambda num_labels: pem_config(backbone, num_labels),
         make_processor=lambda num_labels: pem_processor(backbone, num_labels),
-        fold_batch_norm=fold_batch_norm,
+        optimization=optimization,
     )
 
 
@@ -153,9 +154,12 @@ MODELS = {
         _pem_spec("r50"),
         _pem_spec("stdc1"),
         _pem_spec("stdc2"),
-        _pem_spec("r50", fold_batch_norm=True),
-        _pem_spec("stdc1", fold_batch_norm=True),
-        _pem_spec("stdc2", fold_batch_norm=True),
+        _pem_spec("r50", "folded"),
+        _pem_spec("stdc1", "folded"),
+        _pem_spec("stdc2", "folded"),
+        _pem_spec("r50", "compiled"),
+        _pem_spec("stdc1", "compiled"),
+        _pem_spec("stdc2", "compiled"),
         ModelSpec(
             name=REFERENCE_MODEL,
             model_class=Mask2FormerForUniversalSegmentation,
@@ -204,11 +208,20 @@ def _post_process(processor: Any, outputs: Any, height: int, width: int) -> list
 
 
 def _build_model(
-    model_class: type[nn.Module], config: PreTrainedConfig, device: torch.device, seed: int, fold: bool = False
+    model_class: type[nn.Module],
+    config: PreTrainedConfig,
+    device: torch.device,
+    seed: int,
+    optimization: str | None = None,
 ) -> nn.Module:
     torch.manual_seed(seed)
     model = model_class(config).to(device).eval()
-    return model.fold_batch_norm() if fold else model
+    if optimization in ("folded", "compiled"):
+        model.fold_batch_norm()
+    if optimization == "compiled":
+        # Compiled at the first call of every input size (in the warm-up runs).
+        model.compile(dynamic=False, options={"freezing": True})
+    return model
 
 
 class _TrainingStep:
@@ -429,7 +442,7 @@ def measure_peak_memory(
     precision: str,
     threads: int | None,
     seed: int = 0,
-    fold: bool = False,
+    optimization: str | None = None,
 ) -> dict[str, Any]:
     """Peak memory (MB) of one inference (the forward pass, then `processor`'s post-processing unless it is None) or
     one training step of a newly built model. It measures in the calling process; `run_benchmark` calls it in a fresh
@@ -439,7 +452,7 @@ def measure_peak_memory(
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(device)
-    model = _build_model(model_class, config, device, seed, fold)
+    model = _build_model(model_class, config, device, seed, optimization)
     generator = torch.Generator().manual_seed(seed)
     tracker = _PeakMemory(device)
     result = {}
@@ -667,6 +680,8 @@ def run_benchmark(
         raise ValueError("Pass at least one model to benchmark.")
     if repeats < 1 or warmup < 0 or batch_size < 1 or train_batch_size < 1:
         raise ValueError("repeats, batch_size and train_batch_size must be >= 1, warmup >= 0.")
+    if warmup < 1 and any(spec.optimization == "compiled" for spec in specs):
+        raise ValueError("Compiled models compile in their first run of every size: use warmup >= 1.")
     if train_sizes and train_batch_size < 2 and any(spec.model_class is PEMForUniversalSegmentation for spec in specs):
         raise ValueError(
             "PEM cannot train on one image per batch (BatchNorm on pooled maps): use train_batch_size >= 2."
@@ -711,21 +726,23 @@ def run_benchmark(
         configs = {spec.name: spec.make_config(num_labels) for spec in specs}
         processors = {spec.name: spec.make_processor(num_labels) for spec in specs}
         models = {
-            spec.name: _build_model(spec.model_class, configs[spec.name], torch_device, seed, spec.fold_batch_norm)
+            spec.name: _build_model(spec.model_class, configs[spec.name], torch_device, seed, spec.optimization)
             for spec in specs
         }
-        trainable = {spec.name: models[spec.name] for spec in specs if not spec.fold_batch_norm}
+        trainable = {spec.name: models[spec.name] for spec in specs if spec.optimization is None}
         for name, model in models.items():
             results["parameters"].append({"model": name, "num_labels": num_labels, **count_parameters(model)})
 
         for scenario in group_sizes:
             if gmacs:
                 pixel_values = torch.randn(1, 3, scenario.height, scenario.width, generator=generator)
-                for name, model in models.items():
-                    _log(f"GMACs {name} {scenario}")
-                    entry = {"model": name, **_setting(scenario, 1, "fp32")}
+                for spec in specs:
+                    if spec.optimization == "compiled":  # not traceable by fvcore; the folded model's count
+                        continue
+                    _log(f"GMACs {spec.name} {scenario}")
+                    entry = {"model": spec.name, **_setting(scenario, 1, "fp32")}
                     results["complexity"].append(
-                        entry | count_gmacs(model, processors[name], pixel_values.to(torch_device))
+                        entry | count_gmacs(models[spec.name], processors[spec.name], pixel_values.to(torch_device))
                     )
             timed_processors = processors if post_processing else None
             for precision in precisions:
@@ -748,7 +765,8 @@ def run_benchmark(
                 for run in runs
                 for precision in precisions
                 for spec in specs
-                if not (run[0] == "training" and spec.fold_batch_norm)
+                # Compiling would dominate a compiled model's peak; optimised models are not trained.
+                if spec.optimization != "compiled" and not (run[0] == "training" and spec.optimization)
             ):
                 _log(f"peak memory {spec.name} {mode} {scenario} {precision}")
                 measured = _measure_peak_memory_isolated(
@@ -762,7 +780,7 @@ def run_benchmark(
                     precision=precision,
                     threads=torch.get_num_threads(),
                     seed=seed,
-                    fold=spec.fold_batch_norm,
+                    optimization=spec.optimization,
                 )
                 results["settings"]["memory_method"] = measured.pop("method")
                 entry = {"model": spec.name, "mode": mode, **_setting(scenario, batch, precision)}
