@@ -74,7 +74,7 @@ IGNORED_OPS = (
     "aten::cos", "aten::div", "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt",
     "aten::masked_fill", "aten::masked_fill_", "aten::max_pool2d", "aten::mean", "aten::meshgrid", "aten::mul",
     "aten::mul_", "aten::ne", "aten::pow", "aten::repeat", "aten::repeat_interleave", "aten::sigmoid",
-    "aten::sigmoid_", "aten::sin", "aten::softmax", "aten::sub", "aten::sum",
+    "aten::sigmoid_", "aten::sin", "aten::softmax", "aten::sub", "aten::sum", "aten::where",
 )  # fmt: skip
 # Keys that identify a setting: entries with equal settings are compared with each other.
 SETTING_KEYS = ("height", "width", "num_labels", "batch_size", "precision")
