@@ -543,6 +543,20 @@ def test_clear_errors(tiny_model, cityscapes_root):
         )
 
 
+def test_amp_runs_the_model_in_bfloat16_and_post_processes_in_float32(tiny_model):
+    processor = cityscapes_processor("panoptic", height=64)
+    images = [rgb_image(0, 64, 128)]
+    exact = predict(tiny_model, processor, images, task="panoptic", return_scores=True)[0]
+    amp = predict(tiny_model, processor, images, task="panoptic", return_scores=True, precision="amp")[0]
+    assert amp["semantic_scores"].dtype == torch.float32 and amp["semantic"].shape == exact["semantic"].shape
+    # bfloat16 keeps 8 bits of mantissa: the scores move (so autocast was on), but stay close.
+    difference = (amp["semantic_scores"] - exact["semantic_scores"]).abs().max()
+    assert 0 < difference < 0.1
+    assert amp["panoptic"]["segmentation"].shape == exact["panoptic"]["segmentation"].shape
+    with pytest.raises(ValueError, match="Unknown precision"):
+        predict(tiny_model, processor, images, precision="fp16")
+
+
 def test_format_results_table():
     table = format_results_table({"PQ": 61.14, "PQ_th": 54.3, "PQ_st": float("nan"), "PQ-car": 50.0}, "panoptic")
     lines = table.splitlines()
@@ -559,6 +573,9 @@ def test_command_line(tiny_model, cityscapes_root, tmp_path, capsys):
     argv += ["--scales", "48", "64", "--flip", "--sliding-window", "32", "64", "--batch-size", "2"]
     argv += ["--max-images", "2", "--no-progress", "--device", "cpu", "--output", str(tmp_path / "results.json")]
     results = main(argv)
+    folded = main([*argv[:-1], str(tmp_path / "folded.json"), "--fold-batch-norm", "--precision", "amp"])
+    assert folded["settings"]["fold_batch_norm"] and folded["settings"]["precision"] == "amp"
+    assert results["settings"]["precision"] == "fp32" and not results["settings"]["fold_batch_norm"]
     printed = capsys.readouterr().out
     assert printed.startswith("| mIoU | mAcc | pAcc |") and "| road |" in printed and "images/s" in printed
     written = json.loads((tmp_path / "results.json").read_text())

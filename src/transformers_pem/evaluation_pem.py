@@ -68,6 +68,9 @@ from .metrics import MaskAP, MeanIoU, PanopticQuality
 # The model zero-pads its inputs to a multiple of this size.
 SIZE_DIVISOR = 32
 
+# "fp32", or "amp": the model under autocast (bfloat16 on CPU, float16 on CUDA).
+PRECISIONS = ("fp32", "amp")
+
 # Official test-time augmentation (`TEST.AUG` of configs/<dataset>/<task>-segmentation/Base-*.yaml): shortest-edge
 # sizes, the longest-edge cap, and horizontal flip.
 OFFICIAL_TTA = {
@@ -166,9 +169,12 @@ class _Predictor:
         sliding_window,
         sliding_window_stride,
         batch_size: int | None,
+        precision: str = "fp32",
     ):
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
+        if precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision {precision!r}: use one of {PRECISIONS}.")
         if scales is not None:
             scales = [scales] if isinstance(scales, int) else list(scales)
             if not scales or any(not isinstance(s, (int, np.integer)) or s < 1 for s in scales):
@@ -188,7 +194,7 @@ class _Predictor:
             size = getattr(processor, "size", None)
             max_size = size.get("longest_edge") if isinstance(size, Mapping) else getattr(size, "longest_edge", None)
         self.model, self.processor, self.task = model, processor, task
-        self.max_size, self.batch_size = max_size, batch_size
+        self.max_size, self.batch_size, self.precision = max_size, batch_size, precision
         # (shortest edge or None for the processor's own size, flipped), in the order of detectron2's TTA mapper
         self.augmentations = [
             (scale, mirrored) for scale in (scales or [None]) for mirrored in ((False, True) if flip else (False,))
@@ -233,7 +239,15 @@ class _Predictor:
         pixel_mask = torch.zeros(len(sizes), *pixel_values.shape[-2:], dtype=torch.int64, device=self.device)
         for index, (height, width) in enumerate(sizes):
             pixel_mask[index, :height, :width] = 1
-        outputs = self.model(pixel_values=pixel_values.to(device=self.device, dtype=self.dtype))
+        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        if self.precision == "fp32":
+            return self.model(pixel_values=pixel_values), pixel_mask
+        # Autocast covers the model only; the logits are post-processed in float32, as in fp32 inference.
+        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        with torch.autocast(self.device.type, dtype=amp_dtype):
+            outputs = self.model(pixel_values=pixel_values)
+        outputs.class_queries_logits = outputs.class_queries_logits.float()
+        outputs.masks_queries_logits = outputs.masks_queries_logits.float()
         return outputs, pixel_mask
 
     def _forward_groups(self, pixel_values: torch.Tensor, sizes: list, indices: list[int]) -> Iterator[tuple]:
@@ -375,6 +389,7 @@ def predict(
     sliding_window_stride: int | tuple[int, int] | None = None,
     batch_size: int | None = None,
     return_scores: bool = False,
+    precision: str = "fp32",
 ) -> list[dict]:
     """
     Predictions of a PEM model for a list of images, with optional test-time augmentation and sliding-window
@@ -406,6 +421,8 @@ def predict(
             Images or windows per forward pass. Defaults to all the images given.
         return_scores (`bool`, *optional*, defaults to `False`):
             Also return the averaged semantic scores.
+        precision (`str`, *optional*, defaults to `"fp32"`):
+            `"amp"` runs the model under autocast (bfloat16 on CPU, float16 on CUDA); post-processing stays float32.
 
     Returns:
         `list[dict]`, one per image, at the image's original size: `semantic` (`torch.LongTensor` `(height,
@@ -414,7 +431,7 @@ def predict(
         processor's output with `(num_instances, height, width)` boolean masks).
     """
     predictor = _Predictor(
-        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size
+        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, precision
     )
     with _eval_mode(model), torch.inference_mode():
         return predictor(list(images), return_scores)
@@ -647,6 +664,7 @@ def evaluate_model(
     dataset_name: str | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """
     Evaluate a PEM model on a dataset and return the paper's metrics (in percent; see the module docstring for the
@@ -685,6 +703,8 @@ def evaluate_model(
             DataLoader worker processes that decode the examples and build their references while the model runs.
         progress (`bool`, *optional*, defaults to `True`):
             Show a tqdm progress bar (images/s).
+        precision (`str`, *optional*, defaults to `"fp32"`):
+            `"amp"`: the model runs under autocast (bfloat16 on CPU, float16 on CUDA), see [`predict`].
 
     Returns:
         `dict[str, float]`: the metrics in percent, e.g. `{"mIoU": 79.9, "mAcc": ..., "pAcc": ..., "IoU-road": ...}`.
@@ -708,7 +728,7 @@ def evaluate_model(
             "and the instance task evaluates none: drop scales/flip/sliding_window."
         )
     predictor = _Predictor(
-        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size
+        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, precision
     )
     id2label = {i: str(model.config.id2label[i]) for i in range(predictor.num_labels)}
     ignore_index = getattr(processor, "ignore_index", 255)
@@ -905,6 +925,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--output", help="JSON file for the results")
     parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="amp: run the model under autocast (bfloat16 on CPU, float16 on CUDA); post-processing stays float32",
+    )
+    parser.add_argument(
+        "--fold-batch-norm",
+        action="store_true",
+        help="fold BatchNorm into the convolutions first (faster; equal up to float rounding)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -936,6 +967,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     stride = None if args.stride is None else (tuple(args.stride) if len(args.stride) == 2 else args.stride[0])
 
     model = PEMForUniversalSegmentation.from_pretrained(args.checkpoint).to(args.device)
+    if args.fold_batch_norm:
+        model.fold_batch_norm()
     try:
         processor = PEMImageProcessor.from_pretrained(args.checkpoint)
     except OSError:
@@ -970,6 +1003,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         dataset_name=args.dataset if known_dataset else None,
         num_workers=args.num_workers,
         progress=not args.no_progress,
+        precision=args.precision,
     )
     seconds = time.perf_counter() - start
     results = {
@@ -986,6 +1020,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "sliding_window": window,
             "sliding_window_stride": stride,
             "augmented_outputs": "semantic" if (scales or flip or window) else None,
+            "precision": args.precision,
+            "fold_batch_norm": args.fold_batch_norm,
         },
         "seconds": seconds,
         "images_per_second": len(dataset) / seconds,
