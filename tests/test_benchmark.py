@@ -224,11 +224,12 @@ def test_mac_handles():
     from fvcore.nn import FlopCountAnalysis
 
     class Ops(nn.Module):
-        def forward(self, features, offset, mask, weight, query, key, value, batch1, batch2):
+        def forward(self, features, offset, mask, weight, query, key, value, batch1, batch2, table, indices):
             deformed = deform_conv2d(features, offset, weight, padding=1, mask=mask)
             attended = F.scaled_dot_product_attention(query, key, value)
             product = torch.baddbmm(torch.zeros(2, 3, 5), batch1, batch2)
-            return deformed, attended, product
+            gathered = F.embedding_bag(indices, table, per_sample_weights=torch.ones(indices.shape), mode="sum")
+            return deformed, attended, product, gathered
 
     inputs = (
         torch.randn(1, 4, 5, 6),  # features
@@ -240,6 +241,8 @@ def test_mac_handles():
         torch.randn(1, 2, 7, 4),  # value
         torch.randn(2, 3, 4),  # batch1
         torch.randn(2, 4, 5),  # batch2
+        torch.randn(10, 6),  # table
+        torch.randint(0, 10, (3, 4)),  # indices
     )
     analysis = FlopCountAnalysis(Ops(), inputs).set_op_handle(**MAC_HANDLES)
     analysis.unsupported_ops_warnings(False)
@@ -247,6 +250,7 @@ def test_mac_handles():
     assert counts["deform_conv2d"] == 5 * 6 * 3 * 4 * 9 + 5 * 6 * 4 * 9  # convolution + modulation
     assert counts["scaled_dot_product_attention"] == 2 * 5 * 7 * 8 + 2 * 5 * 7 * 4
     assert counts["baddbmm"] == 2 * 3 * 4 * 5
+    assert counts["embedding_bag"] == 3 * 4 * 6
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")

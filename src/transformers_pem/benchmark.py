@@ -73,8 +73,8 @@ IGNORED_OPS = (
     "aten::add", "aten::add_", "aten::addcmul", "aten::all", "aten::argmax", "aten::avg_pool2d", "aten::clamp_min",
     "aten::cos", "aten::div", "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt",
     "aten::masked_fill", "aten::masked_fill_", "aten::max_pool2d", "aten::mean", "aten::meshgrid", "aten::mul",
-    "aten::mul_", "aten::ne", "aten::pow", "aten::repeat", "aten::repeat_interleave", "aten::sigmoid",
-    "aten::sigmoid_", "aten::sin", "aten::softmax", "aten::sub", "aten::sum", "aten::where",
+    "aten::mul_", "aten::ne", "aten::numel", "aten::pow", "aten::repeat", "aten::repeat_interleave", "aten::rsub",
+    "aten::sigmoid", "aten::sigmoid_", "aten::sin", "aten::softmax", "aten::sub", "aten::sum", "aten::where",
 )  # fmt: skip
 # Keys that identify a setting: entries with equal settings are compared with each other.
 SETTING_KEYS = ("height", "width", "num_labels", "batch_size", "precision")
@@ -297,6 +297,17 @@ def _deform_conv2d_macs(inputs: list, outputs: list) -> int:
     return macs
 
 
+def _embedding_bag_macs(inputs: list, outputs: list) -> int:
+    """`embedding_bag(weight (N, C), indices (bags, n), ..., per_sample_weights)` in sum mode: one multiply-add per
+    gathered value (PEM's deformable convolution gathers the 4 bilinear corners of every tap this way)."""
+    from fvcore.nn.jit_handles import get_shape
+
+    num_indices = 1
+    for size in get_shape(inputs[1]):
+        num_indices *= size
+    return num_indices * get_shape(inputs[0])[1]
+
+
 def _scaled_dot_product_attention_macs(inputs: list, outputs: list) -> int:
     """`query @ key^T`, then `weights @ value`: (..., Lq, D) x (..., Lk, D) and (..., Lq, Lk) x (..., Lk, Dv)."""
     from fvcore.nn.jit_handles import get_shape
@@ -321,6 +332,7 @@ MAC_HANDLES = {
     "torchvision::deform_conv2d": _deform_conv2d_macs,
     "aten::scaled_dot_product_attention": _scaled_dot_product_attention_macs,
     "aten::baddbmm": _baddbmm_macs,
+    "aten::embedding_bag": _embedding_bag_macs,
 }
 
 

@@ -154,10 +154,12 @@ class PEMContextModulation(nn.Module):
 class PEMModulatedDeformConv(nn.Module):
     """3x3 modulated deformable convolution (DCNv2) without bias.
 
-    Computed as bilinear sampling (`grid_sample`) of the input at the 9 deformed taps, then one matrix product with
-    the weight. This equals `torchvision.ops.deform_conv2d(input, offset, weight, padding=1, mask=modulation)` (same
-    offset layout, same zero padding; checked in the tests) and is 1.5-3x faster on CPU, where torchvision's kernel
-    runs single-threaded.
+    Computed as a weighted gather, then one matrix product with the weight. Every tap of every output pixel is the sum
+    of the 4 bilinear corners of its deformed position, each weighted by its bilinear weight times the tap's
+    modulation (0 for a corner outside the map): `F.embedding_bag` over the channels_last rows of the input does this
+    in one fused call. This equals `torchvision.ops.deform_conv2d(input, offset, weight, padding=1, mask=modulation)`
+    (same offset layout, same zero padding; checked in the tests) and is 2.5-3x faster on CPU, where torchvision's
+    kernel runs single-threaded.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
@@ -168,31 +170,40 @@ class PEMModulatedDeformConv(nn.Module):
 
     def forward(self, hidden_states: Tensor, offset: Tensor, modulation: Tensor) -> Tensor:
         """hidden_states (B, C, H, W); offset (B, 2 * k * k, H, W) with channel 2t = dy and 2t + 1 = dx of tap t
-        (row-major over the kernel); modulation (B, k * k, H, W). Returns (B, C_out, H, W)."""
+        (row-major over the kernel); modulation (B, k * k, H, W). Returns (B, C_out, H, W) in channels_last layout."""
         batch_size, channels, height, width = hidden_states.shape
         kernel_size, taps = self.kernel_size, self.kernel_size**2
+        # Sampling positions in pixels, (B, H, W, k * k); at least float32 (under autocast, offsets may be bf16).
+        position_dtype = torch.promote_types(offset.dtype, torch.float32)
+        offset = offset.to(position_dtype).view(batch_size, taps, 2, height, width)
+        offset = offset.permute(0, 3, 4, 1, 2)  # (B, H, W, k * k, 2)
         kernel = torch.arange(kernel_size, dtype=offset.dtype, device=offset.device) - kernel_size // 2
         tap_y, tap_x = kernel.repeat_interleave(kernel_size), kernel.repeat(kernel_size)  # (k * k,)
-        rows = torch.arange(height, dtype=offset.dtype, device=offset.device)[:, None]
-        columns = torch.arange(width, dtype=offset.dtype, device=offset.device)[None, :]
-        sample_y = rows + tap_y[:, None, None] + offset[:, 0::2]  # (B, k * k, H, W)
-        sample_x = columns + tap_x[:, None, None] + offset[:, 1::2]
-        # Pixel coordinates -> grid_sample's [-1, 1] (align_corners=False: pixel i is centred at (2i + 1) / size - 1).
-        grid = torch.stack(((2 * sample_x + 1) / width - 1, (2 * sample_y + 1) / height - 1), dim=-1)
-        sampled = F.grid_sample(
-            hidden_states,
-            grid.view(batch_size, taps * height, width, 2).to(hidden_states.dtype),
-            mode="bilinear",
-            padding_mode="zeros",
-            align_corners=False,
-        )  # (B, C, k * k * H, W)
-        sampled = sampled.view(batch_size, channels, taps, height * width)
-        modulation = modulation.view(batch_size, 1, taps, height * width)
-        # In place when no gradient is needed: writing a new tensor of this size costs as much as the product.
-        sampled = sampled * modulation if torch.is_grad_enabled() else sampled.mul_(modulation)
-        # (B, H * W, C * k * k) @ (C * k * k, C_out): the result is the output in channels_last layout.
-        weight = self.weight.view(self.weight.shape[0], -1)
-        output = torch.matmul(sampled.view(batch_size, -1, height * width).transpose(1, 2), weight.t())
+        rows = torch.arange(height, dtype=offset.dtype, device=offset.device)[:, None, None]
+        columns = torch.arange(width, dtype=offset.dtype, device=offset.device)[None, :, None]
+        sample_y = rows + tap_y + offset[..., 0]
+        sample_x = columns + tap_x + offset[..., 1]
+        top, left = sample_y.floor(), sample_x.floor()
+        fraction_y, fraction_x = sample_y - top, sample_x - left
+        top, left = top.long(), left.long()
+        modulation = modulation.to(position_dtype).permute(0, 2, 3, 1)  # (B, H, W, k * k)
+        # Row of pixel (y, x) of image b in the (B * H * W, C) table of input rows.
+        image_start = torch.arange(batch_size, device=offset.device)[:, None, None, None] * (height * width)
+        indices, weights = [], []
+        for corner_y, weight_y in ((top, (1 - fraction_y) * modulation), (top + 1, fraction_y * modulation)):
+            inside_y = (corner_y >= 0) & (corner_y < height)
+            row_start = image_start + corner_y.clamp(0, height - 1) * width
+            for corner_x, weight_x in ((left, 1 - fraction_x), (left + 1, fraction_x)):
+                inside = inside_y & (corner_x >= 0) & (corner_x < width)
+                indices.append(row_start + corner_x.clamp(0, width - 1))
+                weights.append(weight_y * weight_x * inside)
+        indices = torch.stack(indices, dim=-1).view(-1, 4)  # (B * H * W * k * k, 4 corners)
+        weights = torch.stack(weights, dim=-1).view(-1, 4).to(hidden_states.dtype)
+        table = hidden_states.permute(0, 2, 3, 1).reshape(-1, channels)  # a view when channels_last
+        sampled = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")  # (B * H * W * k * k, C)
+        # (B * H * W, k * k * C) @ (k * k * C, C_out), the weight ordered (tap, channel) like the samples.
+        weight = self.weight.permute(0, 2, 3, 1).reshape(self.weight.shape[0], -1)
+        output = torch.matmul(sampled.view(-1, taps * channels), weight.t())
         if self.bias is not None:
             output = output + self.bias
         return output.view(batch_size, height, width, -1).permute(0, 3, 1, 2)
@@ -819,10 +830,13 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
 
     def fold_batch_norm(self) -> "PEMForUniversalSegmentation":
         """Optimise the model for inference: fold BatchNorm layers into the convolutions before them (backbone and
-        pixel decoder), which saves a pass over every feature map. Outputs stay equal up to float rounding. The folded
-        model is for inference only: it can no longer be trained or saved. Returns the model, in eval mode."""
+        pixel decoder), which saves a pass over every feature map, and store the convolution weights in channels_last,
+        the layout of the features, which saves converting them on every call. Outputs stay equal up to float rounding.
+        The folded model is for inference only: it can no longer be trained or saved. Returns the model, in eval
+        mode."""
         self.eval()
         fold_batch_norm(self)
+        self.to(memory_format=torch.channels_last)  # 4-D parameters only
         self.batch_norm_folded = True
         return self
 
