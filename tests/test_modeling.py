@@ -406,25 +406,6 @@ def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
         folded_model.save_pretrained(tmp_path)
 
 
-@pytest.mark.parametrize(
-    ("height", "width", "size"),
-    [
-        (64, 128, (8, 16)),
-        (64, 128, (16, 32)),
-        (32, 48, (4, 6)),
-        (64, 128, (32, 64)),
-        (48, 96, (16, 32)),
-        (30, 50, (5, 7)),
-    ],
-)
-def test_downsample_bilinear_equals_interpolate(height, width, size):
-    from transformers_pem.modeling_pem import downsample_bilinear
-
-    features = torch.randn(2, 5, height, width)
-    reference = torch.nn.functional.interpolate(features, size=size, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(downsample_bilinear(features, size), reference, atol=1e-6, rtol=1e-6)
-
-
 def test_chunked_prototype_selection_is_the_argmax_over_all_tokens():
     """The selection scores tokens in chunks; it must pick what one masked argmax over all tokens picks, including the
     first of tied tokens that lie in different chunks and token 0 for a fully masked query."""

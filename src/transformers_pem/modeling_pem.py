@@ -342,26 +342,6 @@ class PEMSinePositionEmbedding(nn.Module):
         return pos.permute(2, 0, 1).unsqueeze(0)  # (1, 2F, H, W), channels_last like the features it is added to
 
 
-def downsample_bilinear(features: Tensor, size: tuple[int, int]) -> Tensor:
-    """`F.interpolate(features, size, mode="bilinear", align_corners=False)`, faster for even integer factors.
-
-    Downsampling by an even integer factor s samples between rows (and columns) s/2 - 1 and s/2 of every block of s,
-    with weights 1/2: the mean of 2 x 2 taps, read here with strided slices (PyTorch's CPU kernel is ~10x slower).
-    """
-    height, width = features.shape[-2:]
-    factor = height // size[0]
-    if factor < 2 or factor % 2 or height != factor * size[0] or width != factor * size[1]:
-        return F.interpolate(features, size=size, mode="bilinear", align_corners=False)
-    first = factor // 2 - 1
-    top, bottom = features[..., first::factor, :], features[..., first + 1 :: factor, :]
-    return 0.25 * (
-        top[..., first::factor]
-        + top[..., first + 1 :: factor]
-        + bottom[..., first::factor]
-        + bottom[..., first + 1 :: factor]
-    )
-
-
 class PEMPrototypeCrossAttention(nn.Module):
     """Prototype-based masked cross-attention (PEM-CA).
 
@@ -373,7 +353,7 @@ class PEMPrototypeCrossAttention(nn.Module):
     """
 
     # Tokens scored at a time in the prototype selection.
-    selection_chunk_size = 4096
+    selection_chunk_size = 2048
 
     def __init__(self, hidden_dim: int, num_heads: int):
         super().__init__()
@@ -407,10 +387,12 @@ class PEMPrototypeCrossAttention(nn.Module):
                 # Lift the mask of an image only if every one of its queries is fully masked.
                 all_masked = masked.all(dim=2).all(dim=1)  # (B,)
                 masked = masked & ~all_masked[:, None, None]
-                # -inf where masked, 0 elsewhere: adding it equals a masked fill, and broadcasting it over the heads
-                # is ~3x faster than `masked_fill_` with the broadcast boolean mask.
-                mask_bias = torch.zeros(masked.shape, dtype=memory.dtype, device=memory.device)
-                mask_bias.masked_fill_(masked, float("-inf"))
+                # -1e30 where masked, 0 elsewhere, added to the scores (broadcast over the heads). Any score below
+                # ~1e22 in magnitude vanishes in the rounding of -1e30 + score (the scores are cosine similarities),
+                # so every masked token scores exactly -1e30: the selection equals the official masked fill with
+                # -inf, including a fully masked query, whose tokens all tie and which selects token 0. Building it
+                # by conversion is ~7x faster on CPU than `masked_fill_` or `torch.where` with the boolean mask.
+                mask_bias = masked.to(memory.dtype).mul_(-1e30)
             # Scored in chunks of tokens, so that the (B, h, Q, chunk) scores are reused memory rather than one new
             # (B, h, Q, N) tensor (1.7x faster at N = 32768). `max` returns the first maximum's index like `argmax`
             # (3x faster on CPU), and the strict `>` keeps the earlier chunk on ties: the result is the argmax over
@@ -561,7 +543,10 @@ class PEMTransformerDecoder(nn.Module):
             memory = self.input_projections[level](features) + self.level_embed.weight[level][None, :, None, None]
             memories.append(memory.add_(position))
         if not output_intermediate_masks:
-            level_mask_features = [downsample_bilinear(mask_features, size) for size in sizes]
+            # channels_last, as the mask features are: PyTorch's CPU kernel is fast in this layout.
+            level_mask_features = [
+                F.interpolate(mask_features, size=size, mode="bilinear", align_corners=False) for size in sizes
+            ]
 
         query_position = self.queries_embedder.weight.unsqueeze(0).expand(batch_size, -1, -1)
         hidden_states = self.queries_features.weight.unsqueeze(0).expand(batch_size, -1, -1)
