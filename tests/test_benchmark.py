@@ -229,7 +229,8 @@ def test_mac_handles():
             attended = F.scaled_dot_product_attention(query, key, value)
             product = torch.baddbmm(torch.zeros(2, 3, 5), batch1, batch2)
             gathered = F.embedding_bag(indices, table, per_sample_weights=torch.ones(indices.shape), mode="sum")
-            return deformed, attended, product, gathered
+            written = torch.mm(batch1[0], batch2[0], out=torch.empty(3, 5))
+            return deformed, attended, product, gathered, written
 
     inputs = (
         torch.randn(1, 4, 5, 6),  # features
@@ -251,6 +252,7 @@ def test_mac_handles():
     assert counts["scaled_dot_product_attention"] == 2 * 5 * 7 * 8 + 2 * 5 * 7 * 4
     assert counts["baddbmm"] == 2 * 3 * 4 * 5
     assert counts["embedding_bag"] == 3 * 4 * 6
+    assert counts["mm"] == 3 * 4 * 5
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")

@@ -297,6 +297,14 @@ def _deform_conv2d_macs(inputs: list, outputs: list) -> int:
     return macs
 
 
+def _mm_macs(inputs: list, outputs: list) -> int:
+    """`mm(a (n, m), b (m, p))`, also with `out=` (a third input, which fvcore's own handle rejects): n * m * p."""
+    from fvcore.nn.jit_handles import get_shape
+
+    rows, inner = get_shape(inputs[0])
+    return rows * inner * get_shape(inputs[1])[1]
+
+
 def _embedding_bag_macs(inputs: list, outputs: list) -> int:
     """`embedding_bag(weight (N, C), indices (bags, n), ..., per_sample_weights)` in sum mode: one multiply-add per
     gathered value (PEM's deformable convolution gathers the 4 bilinear corners of every tap this way)."""
@@ -333,6 +341,7 @@ MAC_HANDLES = {
     "aten::scaled_dot_product_attention": _scaled_dot_product_attention_macs,
     "aten::baddbmm": _baddbmm_macs,
     "aten::embedding_bag": _embedding_bag_macs,
+    "aten::mm": _mm_macs,
 }
 
 
