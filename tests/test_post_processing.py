@@ -323,6 +323,25 @@ def test_semantic_scores_in_bands_equal_the_full_maps(monkeypatch, mask_size, si
     assert torch.equal(scores.max(dim=0).indices, expected.max(dim=0).indices)
 
 
+@pytest.mark.parametrize("task", ["semantic", "panoptic", "instance"])
+def test_post_processing_of_outputs_that_require_grad(task):
+    """Outputs of a forward pass run without `torch.no_grad()` carry gradients; post-processing must accept them (it
+    runs without gradient tracking) and give the results of the detached outputs."""
+    class_logits, mask_logits = random_outputs(4)
+    processor = PEMImageProcessor(thing_ids=[2, 3])
+    post_process = getattr(processor, f"post_process_{task}_segmentation")
+    tracked = post_process(
+        outputs(class_logits.requires_grad_(), mask_logits.requires_grad_()), target_sizes=[(32, 40)] * 2
+    )
+    plain = post_process(outputs(class_logits.detach(), mask_logits.detach()), target_sizes=[(32, 40)] * 2)
+    for tracked_result, plain_result in zip(tracked, plain):
+        if task == "semantic":
+            assert not tracked_result.requires_grad and torch.equal(tracked_result, plain_result)
+        else:
+            assert torch.equal(tracked_result["segmentation"], plain_result["segmentation"])
+            assert tracked_result["segments_info"] == plain_result["segments_info"]
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_panoptic_matches_reference(seed):
     class_logits, mask_logits = random_outputs(seed, num_queries=8, num_labels=4, sharp=4.0)

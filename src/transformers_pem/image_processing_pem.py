@@ -472,6 +472,7 @@ class PEMImageProcessorMixin:
             class_labels.append(classes)
         return mask_labels, class_labels
 
+    @torch.no_grad()
     def post_process_semantic_segmentation(
         self,
         outputs,
@@ -526,6 +527,7 @@ class PEMImageProcessorMixin:
                 results.append(segmentation)
         return results
 
+    @torch.no_grad()
     def post_process_panoptic_segmentation(
         self,
         outputs,
@@ -607,6 +609,7 @@ class PEMImageProcessorMixin:
                     fused_segment_ids[label] = segment_id
         return results
 
+    @torch.no_grad()
     def post_process_instance_segmentation(
         self,
         outputs,
