@@ -330,7 +330,8 @@ def test_auto_classes(tmp_path, tiny_model):
 
 @pytest.mark.parametrize(("height", "width"), [(1, 1), (5, 7), (16, 24)])
 def test_deformable_convolution_equals_torchvision(height, width):
-    """Our grid_sample formulation against torchvision's reference kernel, with offsets reaching outside the map."""
+    """Our gather formulation (embedding_bag + GEMM) against torchvision's reference kernel, with offsets reaching
+    outside the map; values and all four gradients."""
     from torchvision.ops import deform_conv2d
 
     from transformers_pem.modeling_pem import PEMModulatedDeformConv
