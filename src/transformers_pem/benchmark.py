@@ -52,6 +52,7 @@ from transformers import (
 )
 
 from .configuration_pem import PEMConfig
+from .evaluation_pem import PRECISIONS, precision_autocast
 from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation, PEMModulatedDeformConv
 
@@ -190,13 +191,6 @@ def synthetic_targets(
     return mask_labels, class_labels
 
 
-def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """Nothing for "fp32"; for "amp", autocast to float16 on CUDA and to bfloat16 on CPU."""
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -240,7 +234,7 @@ class _TrainingStep:
     def __call__(self) -> None:
         pixel_values, mask_labels, class_labels = self.batch
         self.optimizer.zero_grad(set_to_none=True)
-        with _autocast(self.device, self.precision):
+        with precision_autocast(self.device, self.precision):
             loss = self.model(pixel_values=pixel_values, mask_labels=mask_labels, class_labels=class_labels).loss
         if self.scaler is None:
             loss.backward()
@@ -479,11 +473,11 @@ def measure_peak_memory(
     result = {}
     if mode == "inference":
         pixel_values = torch.randn(batch_size, 3, scenario.height, scenario.width, generator=generator).to(device)
-        with tracker.measure(), torch.inference_mode(), _autocast(device, precision):
+        with tracker.measure(), torch.inference_mode(), precision_autocast(device, precision):
             outputs = model(pixel_values=pixel_values)
         result.update(baseline_mb=tracker.baseline_mb, peak_mb=tracker.peak_mb)
         if processor is not None:
-            with tracker.measure(), torch.inference_mode(), _autocast(device, precision):
+            with tracker.measure(), torch.inference_mode(), precision_autocast(device, precision):
                 _post_process(processor, outputs, scenario.height, scenario.width)
             result["with_post_processing_peak_mb"] = max(result["peak_mb"], tracker.peak_mb)
     else:
@@ -552,7 +546,7 @@ def _time_inference(
     for repeat in range(-warmup, repeats):
         _log(f"inference {scenario} {precision}: " + ("warm-up" if repeat < 0 else f"run {repeat + 1}/{repeats}"))
         for name, model in models.items():
-            with torch.inference_mode(), _autocast(device, precision):
+            with torch.inference_mode(), precision_autocast(device, precision):
                 start = _clock(device)
                 outputs = model(pixel_values=pixel_values)
                 forward_end = _clock(device)
@@ -707,8 +701,8 @@ def run_benchmark(
         raise ValueError(
             "PEM cannot train on one image per batch (BatchNorm on pooled maps): use train_batch_size >= 2."
         )
-    if not precisions or not set(precisions) <= {"fp32", "amp"}:
-        raise ValueError(f"precisions must be a non-empty subset of ('fp32', 'amp'), got {precisions}.")
+    if not precisions or not set(precisions) <= set(PRECISIONS):
+        raise ValueError(f"precisions must be a non-empty subset of {PRECISIONS}, got {precisions}.")
     torch_device = torch.device(device)
     if torch_device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} but CUDA is not available: use device='cpu'.")
@@ -972,7 +966,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--precision",
         nargs="+",
-        choices=["fp32", "amp"],
+        choices=PRECISIONS,
         default=None,
         help="fp32 and/or amp (autocast: float16 on CUDA, bfloat16 on CPU). Default: fp32 on CPU, both on CUDA.",
     )

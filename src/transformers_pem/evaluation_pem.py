@@ -155,6 +155,14 @@ def _padded(size: tuple[int, int]) -> tuple[int, int]:
     return math.ceil(size[0] / SIZE_DIVISOR) * SIZE_DIVISOR, math.ceil(size[1] / SIZE_DIVISOR) * SIZE_DIVISOR
 
 
+def precision_autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """The context of a precision in `PRECISIONS`: nothing for "fp32"; for "amp", autocast to float16 on CUDA and to
+    bfloat16 on CPU."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.float16 if device.type == "cuda" else torch.bfloat16)
+
+
 class _Predictor:
     """Holds the inference settings of [`predict`] and runs them on one list of images."""
 
@@ -240,14 +248,12 @@ class _Predictor:
         for index, (height, width) in enumerate(sizes):
             pixel_mask[index, :height, :width] = 1
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        if self.precision == "fp32":
-            return self.model(pixel_values=pixel_values), pixel_mask
-        # Autocast covers the model only; the logits are post-processed in float32, as in fp32 inference.
-        amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
-        with torch.autocast(self.device.type, dtype=amp_dtype):
+        with precision_autocast(self.device, self.precision):
             outputs = self.model(pixel_values=pixel_values)
-        outputs.class_queries_logits = outputs.class_queries_logits.float()
-        outputs.masks_queries_logits = outputs.masks_queries_logits.float()
+        if self.precision == "amp":
+            # Autocast covers the model only; the logits are post-processed in float32, as in fp32 inference.
+            outputs.class_queries_logits = outputs.class_queries_logits.float()
+            outputs.masks_queries_logits = outputs.masks_queries_logits.float()
         return outputs, pixel_mask
 
     def _forward_groups(self, pixel_values: torch.Tensor, sizes: list, indices: list[int]) -> Iterator[tuple]:
