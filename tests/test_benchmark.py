@@ -296,7 +296,7 @@ def test_synthetic_targets_partition_the_image():
 def test_command_line(tmp_path, capsys):
     argv = ["--models", "pem-stdc1", "mask2former-r50", "--sizes", "64x128:19", "--train-sizes"]
     argv += ["--repeats", "1", "--warmup", "0", "--threads", "1", "--no-gmacs", "--no-memory"]
-    main([*argv, "--output-dir", str(tmp_path)])
+    main([*argv, "--allocator", "default", "--output-dir", str(tmp_path)])  # the test process keeps glibc's defaults
     results = json.loads((tmp_path / "benchmark.json").read_text())
     markdown = (tmp_path / "benchmark.md").read_text()
     assert capsys.readouterr().out.strip() == markdown.strip()
@@ -305,6 +305,8 @@ def test_command_line(tmp_path, capsys):
     assert {entry["num_labels"] for entry in results["parameters"]} == {19}
     assert "| pem-stdc1 | 64×128 | 19 | fp32 |" in markdown
     assert "## Training step" not in markdown
+    assert results["environment"]["glibc_malloc_tuned"] is False
+    assert "Memory allocator: the C library's" in markdown
 
 
 @pytest.mark.parametrize(

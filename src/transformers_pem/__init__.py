@@ -12,6 +12,7 @@ from transformers import (
     AutoModelForUniversalSegmentation,
 )
 
+from .allocator_pem import tune_glibc_malloc
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
 from .image_processing_pem import PEMImageProcessor
@@ -48,4 +49,5 @@ __all__ = [
     "STDCBackbone",
     "STDCConfig",
     "draw_segmentation",
+    "tune_glibc_malloc",
 ]

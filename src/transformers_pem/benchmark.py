@@ -15,7 +15,9 @@ ratios to Mask2Former compare runs made under the same machine load. Measured:
   everything the step allocates (tensors, oneDNN scratch space, allocator overhead) and nothing that an earlier model
   left in the allocator. `tracemalloc` would miss PyTorch's allocations. On CUDA: `torch.cuda.max_memory_allocated`.
 
-Command line: `python -m transformers_pem.benchmark --output-dir benchmark_results` (see `--help`).
+Command line: `python -m transformers_pem.benchmark --output-dir benchmark_results` (see `--help`). It first tunes
+glibc's allocator (`tune_glibc_malloc()`; `--allocator default` leaves it alone): with the defaults, how often a model
+page-faults depends on what ran before it in the process, which moved Mask2Former-R50's time by 40 % between runs.
 """
 
 import argparse
@@ -51,6 +53,7 @@ from transformers import (
     ResNetConfig,
 )
 
+from .allocator_pem import add_allocator_argument, apply_allocator_argument, glibc_malloc_tuned
 from .configuration_pem import PEMConfig
 from .evaluation_pem import PRECISIONS, precision_autocast
 from .image_processing_pem import PEMImageProcessor
@@ -653,6 +656,8 @@ def _environment(device: torch.device) -> dict[str, Any]:
         "transformers_pem_revision": _git_revision(),
         "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "glibc_malloc_tuned": glibc_malloc_tuned(),
+        "malloc_environment": {name: value for name, value in os.environ.items() if name.startswith("MALLOC_")},
     }
 
 
@@ -886,6 +891,13 @@ MEMORY_COLUMNS = [
 ]
 
 
+def _allocator_description(environment: dict[str, Any]) -> str:
+    if environment.get("glibc_malloc_tuned"):
+        return "glibc, tuned with `tune_glibc_malloc()` (no fresh memory maps, nothing returned to the system)"
+    settings = " ".join(f"{name}={value}" for name, value in environment.get("malloc_environment", {}).items())
+    return f"the C library's, with {settings}" if settings else "the C library's defaults"
+
+
 def format_markdown(results: dict[str, Any]) -> str:
     """The results of `run_benchmark` as markdown tables, headed by the machine and the settings."""
     environment, settings = results["environment"], results["settings"]
@@ -897,7 +909,9 @@ def format_markdown(results: dict[str, Any]) -> str:
         f"Measured {environment['date']} on {machine} with {environment['torch_threads']} PyTorch threads: "
         f"torch {environment['torch']}, torchvision {environment['torchvision']}, "
         f"transformers {environment['transformers']}, Python {environment['python']}, {environment['platform']}; "
-        f"transformers-pem revision {environment['transformers_pem_revision']}.",
+        f"transformers-pem revision {environment['transformers_pem_revision']}. Memory allocator: "
+        + _allocator_description(environment)
+        + ".",
         "",
         f"Random weights. Times in seconds, median (min) of {settings['repeats']} runs per model, interleaved across "
         f"models, after {settings['warmup']} warm-up run(s). `× ref`: median time of {reference} / median time of "
@@ -973,6 +987,7 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-post-processing", action="store_true", help="Do not time the post-processing.")
     parser.add_argument("--no-gmacs", action="store_true", help="Do not count GMACs (that needs fvcore).")
     parser.add_argument("--no-memory", action="store_true", help="Do not measure peak memory.")
+    add_allocator_argument(parser)
     parser.add_argument("--seed", type=int, default=0, help="Seed of the random weights and inputs.")
     parser.add_argument("--output-dir", type=Path, default=None, help="Write benchmark.json and benchmark.md there.")
     args = parser.parse_args(argv)
@@ -988,6 +1003,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Command-line entry point: run the benchmark, print the markdown report, and with `--output-dir` write it with
     the JSON results."""
     args = _parse_args(argv)
+    apply_allocator_argument(args)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     precisions = args.precision or (["fp32", "amp"] if device.startswith("cuda") else ["fp32"])
     transformers.logging.set_verbosity_error()  # Mask2Former logs that it was not tested with a ResNet backbone

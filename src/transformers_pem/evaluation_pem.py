@@ -61,6 +61,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 from tqdm.auto import tqdm
 
+from .allocator_pem import add_allocator_argument, apply_allocator_argument
 from .data_pem import TASKS, segment_ids_from_image
 from .labels_pem import DATASET_LABELS
 from .metrics import MaskAP, MeanIoU, PanopticQuality
@@ -943,6 +944,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="fold BatchNorm into the convolutions first (faster; equal up to float rounding)",
     )
     parser.add_argument("--no-progress", action="store_true")
+    add_allocator_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -952,6 +954,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     from .modeling_pem import PEMForUniversalSegmentation
 
     args = parse_args(argv)
+    apply_allocator_argument(args)
     known_dataset = args.dataset in DATASET_LABELS
     scales, max_size, flip = args.scales, args.max_size, args.flip
     if args.tta:

@@ -24,6 +24,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 from tqdm.auto import tqdm
 
+from .allocator_pem import add_allocator_argument, apply_allocator_argument
 from .configuration_pem import PEMConfig
 from .data_pem import (
     AugmentedSegmentationDataset,
@@ -437,11 +438,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--eval-every", type=int, default=5000)
     run.add_argument("--resume", nargs="?", const="latest", help="resume from the latest checkpoint or a given one")
     run.add_argument("--report-to", default=None, help="accelerate tracker, e.g. tensorboard")
+    add_allocator_argument(run)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    apply_allocator_argument(args)
     if args.preset and args.preset not in PEMConfig.presets():
         raise SystemExit(f"Unknown preset {args.preset!r}; choose one of: {', '.join(PEMConfig.presets())}.")
     final = train(args)

