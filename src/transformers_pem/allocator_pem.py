@@ -7,7 +7,7 @@ import platform
 # mallopt parameters, from glibc's malloc.h.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-# mallopt takes an int: the largest trim threshold it accepts, 2 GiB.
+# mallopt takes an int, so 2 GiB is the largest trim threshold it can set.
 _NEVER_TRIM = 2**31 - 1
 
 _tuned = False
@@ -51,5 +51,6 @@ def add_allocator_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def apply_allocator_argument(args: argparse.Namespace) -> None:
+    """Tune the allocator if the parsed `--allocator` asks for it (call before the work starts)."""
     if args.allocator == "tuned":
         tune_glibc_malloc()
