@@ -1,6 +1,7 @@
 """pipeline("image-segmentation") and trust_remote_code on a tiny saved PEM checkpoint (offline)."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import torch
 from tiny_configs import TINY_DECODER
 from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, ResNetConfig, pipeline
+from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation
 from transformers_pem.image_processing_pem import PEMImageProcessor
@@ -82,6 +84,27 @@ def test_auto_classes_load_the_checkpoint(checkpoint):
     assert type(AutoModelForUniversalSegmentation.from_pretrained(directory)) is PEMForUniversalSegmentation
     assert type(AutoImageProcessor.from_pretrained(directory)) is PEMImageProcessor
     assert type(AutoImageProcessor.from_pretrained(directory, backend="pil")) is PEMImageProcessorPil
+
+
+def test_pipeline_logs_no_error(checkpoint):
+    _, model, processor = checkpoint
+    # transformers' pipeline logs "The model ... is not supported for image-segmentation" for classes missing from its
+    # static name tables.
+    records = []
+    handler = logging.Handler(level=logging.ERROR)
+    handler.emit = records.append
+    pipeline_logger = logging.getLogger("transformers.pipelines.base")
+    pipeline_logger.addHandler(handler)
+    try:
+        pipeline("image-segmentation", model=model, image_processor=processor)
+    finally:
+        pipeline_logger.removeHandler(handler)
+    assert [record.getMessage() for record in records] == []
+    # The listing leaves transformers' own Auto mappings working.
+    assert "Mask2FormerForUniversalSegmentation" in [
+        cls.__name__ for cls in MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING.values()
+    ]
+    assert type(AutoModelForUniversalSegmentation.from_config(model.config)) is PEMForUniversalSegmentation
 
 
 @pytest.mark.parametrize("subtask", [None, "semantic", "instance", "panoptic"])
