@@ -436,7 +436,10 @@ class _PeakMemory:
             torch.cuda.synchronize(self.device)
             self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
         elif _reset_peak_rss():
-            self.method = "peak resident set size (VmHWM reset before the step) in a fresh process"
+            self.method = (
+                "peak resident set size (VmHWM reset before the step) in a fresh process, with the C library's "
+                "allocator settings (`tune_glibc_malloc()` is not applied there)"
+            )
             self.baseline_mb = _process_memory_kb("VmRSS") / 1024
             yield
             self.peak_mb = _process_memory_kb("VmHWM") / 1024
