@@ -19,12 +19,12 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
-	$(PY) -m ruff check src tests scripts
+	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m pytest tests
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests scripts
-	$(PY) -m ruff format --check src tests scripts
+	$(PY) -m ruff check src tests scripts benchmarks
+	$(PY) -m ruff format --check src tests scripts benchmarks
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py

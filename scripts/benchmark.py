@@ -1,6 +1,5 @@
-"""Benchmark PEM against transformers' Mask2Former-R50 (latency, training steps, GMACs, peak memory).
-
-Same as `python -m transformers_pem.benchmark`; see `--help`. Example, the full benchmark:
+"""Benchmark PEM against transformers' Mask2Former-R50 (latency, training steps, GMACs, peak memory): runs
+`benchmarks/benchmark.py`; see `--help`. Example, the full benchmark:
 
     python scripts/benchmark.py --output-dir benchmark_results
 """
@@ -8,10 +7,10 @@ Same as `python -m transformers_pem.benchmark`; see `--help`. Example, the full 
 import sys
 from pathlib import Path
 
-# Run from a clone without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+# The benchmark is tooling, kept outside the package, beside its results.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from transformers_pem.benchmark import main  # noqa: E402
+from benchmark import main  # noqa: E402
 
 if __name__ == "__main__":
     main()

@@ -3,7 +3,7 @@
 1. generate a synthetic dataset in the genuine Cityscapes folder layout (images, labelIds / trainIds, instanceIds,
    panoptic PNG + JSON);
 2. fine-tune the PEM-STDC1 Cityscapes panoptic preset on it with `accelerate launch scripts/train.py`;
-3. evaluate the checkpoint with `scripts/evaluate.py` (PQ, PQ^th, PQ^st, mIoU);
+3. evaluate the checkpoint with `scripts/evaluate_checkpoint.py` (PQ, PQ^th, PQ^st, mIoU);
 4. reload it with `AutoModelForUniversalSegmentation`, run `pipeline("image-segmentation")` on held-out images and
    write colour overlays.
 
@@ -82,7 +82,7 @@ def main() -> None:
     run(
         [
             sys.executable,
-            "scripts/evaluate.py",
+            "scripts/evaluate_checkpoint.py",
             str(checkpoint),
             "--dataset=cityscapes",
             f"--data-root={data_root}",

@@ -1,9 +1,10 @@
-"""Tests of the benchmark (transformers_pem.benchmark): the structure and consistency of its results on tiny models,
+"""Tests of the benchmark (benchmarks/benchmark.py): the structure and consistency of its results on tiny models,
 its MAC counts against hand-computed values, its peak-memory measurement, and its command line. No timing
 assertions."""
 
 import json
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +19,9 @@ from transformers import (
     ResNetConfig,
 )
 
-from transformers_pem.benchmark import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from benchmark import (  # noqa: E402
     MAC_HANDLES,
     MODELS,
     RESNET_STAGES,
@@ -30,9 +33,7 @@ from transformers_pem.benchmark import (
     run_benchmark,
     synthetic_targets,
 )
-from transformers_pem.configuration_pem import PEMConfig
-from transformers_pem.image_processing_pem import PEMImageProcessor
-from transformers_pem.modeling_pem import PEMForUniversalSegmentation
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor  # noqa: E402
 
 fvcore = pytest.importorskip("fvcore")
 

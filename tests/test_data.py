@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 
-from transformers_pem.data_pem import (
+from transformers_pem.augmentation_pem import (
     LABEL_DIVISOR,
     AugmentedSegmentationDataset,
     ColorAugSSD,
@@ -27,11 +27,13 @@ from transformers_pem.data_pem import (
     build_train_augmentation,
     collate_fn,
     hsv_uint8_to_rgb,
+    official_train_augmentation,
+    rgb_to_hsv_uint8,
+)
+from transformers_pem.datasets_pem import (
     load_ade20k,
     load_cityscapes,
     load_segmentation_dataset,
-    official_train_augmentation,
-    rgb_to_hsv_uint8,
     rgb_to_id,
     semantic_from_panoptic,
 )

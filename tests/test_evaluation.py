@@ -31,16 +31,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCConfig
-from transformers_pem.data_pem import load_ade20k, load_cityscapes, segment_ids_from_image
-from transformers_pem.evaluation_pem import (
-    evaluate_model,
-    format_results_table,
-    load_evaluation_dataset,
-    main,
-    official_crop_size,
-    official_tta_settings,
-    predict,
-)
+from transformers_pem.commands.evaluate import main
+from transformers_pem.datasets_pem import load_ade20k, load_cityscapes, load_evaluation_dataset, segment_ids_from_image
+from transformers_pem.evaluation_pem import evaluate_model, format_results_table
+from transformers_pem.inference_pem import official_crop_size, official_tta_settings, predict
 from transformers_pem.image_processing_pem import PEMImageProcessor
 from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
 from transformers_pem.synthetic_pem import generate_ade20k, generate_cityscapes
@@ -159,7 +153,7 @@ def test_official_settings():
     assert official_tta_settings("ade20k", "instance")["max_size"] == 4480
     assert official_crop_size("cityscapes", "panoptic") == (512, 1024)
     assert official_crop_size("ade20k", "panoptic") == (640, 640)
-    with pytest.raises(ValueError, match="No official settings"):
+    with pytest.raises(ValueError, match="Unknown dataset .coco.: official settings exist for"):
         official_tta_settings("coco", "semantic")
 
 
@@ -586,11 +580,13 @@ def test_command_line(tiny_model, cityscapes_root, tmp_path, capsys):
     assert set(written["metrics"]) >= {"mIoU", "mAcc", "pAcc", "IoU-road"}
 
 
-def test_entry_points_do_not_shadow_the_evaluate_library():
-    # `scripts/evaluate.py` and `transformers_pem/evaluate.py` are named like the `evaluate` library that the metrics
-    # import (`class MeanIoU(evaluate.Metric)`). The module is run from scripts/, which is then first on the import
-    # path, as for every script there (e.g. a training script that evaluates): it must still get the library.
-    commands = [["-m", "transformers_pem.evaluate", "--help"], [str(ROOT / "scripts" / "evaluate.py"), "--help"]]
+def test_evaluation_entry_points_run_from_the_scripts_folder():
+    # Run from scripts/ (first on the import path of every script there), the metrics must still import the
+    # `evaluate` library: no module of ours is named like it.
+    commands = [
+        ["-m", "transformers_pem.commands.evaluate", "--help"],
+        [str(ROOT / "scripts" / "evaluate_checkpoint.py"), "--help"],
+    ]
     for command in commands:
         completed = subprocess.run(
             [sys.executable, *command],

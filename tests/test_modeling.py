@@ -288,7 +288,14 @@ def test_save_and_load_round_trip_is_bit_exact(tmp_path, tiny_model):
         assert torch.equal(value, loaded_state[key]), key
     pixel_values = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        assert torch.equal(tiny_model(pixel_values).masks_queries_logits, loaded(pixel_values).masks_queries_logits)
+        expected = tiny_model(pixel_values).masks_queries_logits
+        # transformers (>= 5.24) may leave loaded weights at addresses that are not 64-byte aligned, where oneDNN picks
+        # other kernels that round the last bit differently; with the weights copied to fresh (aligned) memory the
+        # outputs are identical.
+        torch.testing.assert_close(loaded(pixel_values).masks_queries_logits, expected, rtol=0, atol=1e-6)
+        for parameter in loaded.parameters():
+            parameter.data = parameter.data.clone()
+        assert torch.equal(loaded(pixel_values).masks_queries_logits, expected)
 
 
 def test_every_buffer_is_valid_after_loading(tmp_path):
@@ -334,7 +341,7 @@ def test_deformable_convolution_equals_torchvision(height, width):
     outside the map; values and all four gradients."""
     from torchvision.ops import deform_conv2d
 
-    from transformers_pem.modeling_pem import PEMModulatedDeformConv
+    from transformers_pem.pixel_decoder_pem import PEMModulatedDeformConv
 
     generator = torch.Generator().manual_seed(height)
     layer = PEMModulatedDeformConv(6, 5)
@@ -410,7 +417,7 @@ def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
 def test_chunked_prototype_selection_is_the_argmax_over_all_tokens():
     """The selection scores tokens in chunks; it must pick what one masked argmax over all tokens picks, including the
     first of tied tokens that lie in different chunks and token 0 for a fully masked query."""
-    from transformers_pem.modeling_pem import PEMPrototypeCrossAttention
+    from transformers_pem.transformer_decoder_pem import PEMPrototypeCrossAttention
 
     generator = torch.Generator().manual_seed(0)
     batch_size, num_tokens, num_queries, channels, heads = 2, 23, 6, 16, 4

@@ -307,7 +307,7 @@ def test_semantic_scores_in_bands_equal_the_full_maps(monkeypatch, mask_size, si
     """The semantic scores are computed a band of rows at a time (vertical factors 4 and 8); they must equal the scores
     of the full upsampled masks up to the last bit of PyTorch's resize kernel. A factor of 3 takes the unbanded path.
     A band edge off by one row would move scores by ~1e-2."""
-    from transformers_pem import image_processing_pem
+    from transformers_pem import post_processing_pem
 
     generator = torch.Generator().manual_seed(size[0])
     mask_logits = torch.randn(6, *mask_size, generator=generator) * 4
@@ -316,8 +316,8 @@ def test_semantic_scores_in_bands_equal_the_full_maps(monkeypatch, mask_size, si
     expected = torch.einsum("qc,qhw->chw", class_probs, masks.sigmoid())
     # 2 rows of mask logits per band: 7 bands, the last one a single row.
     factor = size[0] // mask_size[0]
-    monkeypatch.setattr(image_processing_pem, "SEMANTIC_BAND_ELEMENTS", 2 * 6 * factor * size[1])
-    scores = image_processing_pem._semantic_scores(class_probs, mask_logits, size)
+    monkeypatch.setattr(post_processing_pem, "SEMANTIC_BAND_ELEMENTS", 2 * 6 * factor * size[1])
+    scores = post_processing_pem._semantic_scores(class_probs, mask_logits, size)
     assert scores.shape == (4, *size)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
     assert torch.equal(scores.max(dim=0).indices, expected.max(dim=0).indices)

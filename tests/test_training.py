@@ -14,7 +14,7 @@ from tiny_configs import TINY_DECODER
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation
 from transformers_pem.synthetic_pem import generate_cityscapes
-from transformers_pem.training_pem import build_optimizer, build_scheduler, latest_checkpoint, official_recipe
+from transformers_pem.training_pem import TrainingConfig, build_optimizer, build_scheduler, latest_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -59,19 +59,64 @@ def final_state(output_dir: Path) -> dict:
 
 
 def test_batch_size_one_is_refused_with_a_clear_message(tmp_path):
-    from transformers_pem.training_pem import parse_args, train
-
-    arguments = parse_args([f"--data-root={tmp_path}", f"--output-dir={tmp_path}", "--batch-size=1"])
     with pytest.raises(ValueError, match="at least 2 images per process"):
-        train(arguments)
+        TrainingConfig(data_root=tmp_path, output_dir=tmp_path, batch_size=1)
+    from transformers_pem.commands.train import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args([f"--data-root={tmp_path}", f"--output-dir={tmp_path}", "--batch-size=1"])
 
 
 def test_official_recipes():
-    assert official_recipe("pem-r50-cityscapes-semantic").learning_rate == 7e-4
-    assert official_recipe("pem-r50-cityscapes-panoptic").max_steps == 90_000
-    ade = official_recipe("pem-r50-ade20k-semantic")
-    assert (ade.learning_rate, ade.max_steps, ade.end_learning_rate) == (4e-4, 160_000, 1e-6)
-    assert (ade.weight_decay, ade.backbone_lr_multiplier, ade.clip_grad_norm, ade.batch_size) == (0.05, 0.1, 0.01, 32)
+    def recipe(preset: str, **settings) -> dict:
+        return TrainingConfig(data_root=".", output_dir=".", preset=preset, **settings).recipe()
+
+    assert recipe("pem-r50-cityscapes-semantic")["learning_rate"] == 7e-4
+    assert recipe("pem-r50-cityscapes-panoptic")["max_steps"] == 90_000
+    ade = recipe("pem-r50-ade20k-semantic")
+    assert (ade["learning_rate"], ade["max_steps"], ade["end_learning_rate"]) == (4e-4, 160_000, 1e-6)
+    assert (ade["weight_decay"], ade["backbone_lr_multiplier"], ade["clip_grad_norm"], ade["warmup_steps"]) == (
+        0.05,
+        0.1,
+        0.01,
+        0,
+    )
+    assert recipe("pem-stdc1-ade20k-semantic")["max_steps"] == 90_000  # the config file name's schedule
+    # Settings given win over the recipe; without a preset, a short fine-tuning schedule.
+    assert recipe("pem-r50-ade20k-semantic", learning_rate=1e-3, warmup_steps=10)["learning_rate"] == 1e-3
+    custom = TrainingConfig(data_root=".", output_dir=".", preset=None, model_name_or_path="some/model").recipe()
+    assert (custom["learning_rate"], custom["max_steps"], custom["weight_decay"]) == (1e-4, 1000, 0.05)
+
+
+def test_command_line_builds_the_training_config(tmp_path):
+    from transformers_pem.commands.train import parse_args
+
+    config, _ = parse_args(
+        [
+            f"--data-root={tmp_path}",
+            f"--output-dir={tmp_path}",
+            "--preset=pem-stdc1-cityscapes-panoptic",
+            "--task=panoptic",
+            '--config-overrides={"num_queries": 10}',
+            '--id2label={"0": "a", "1": "b"}',
+            "--test-size",
+            "64",
+            "128",
+            "--max-steps=7",
+        ]
+    )
+    assert config == TrainingConfig(
+        data_root=str(tmp_path),
+        output_dir=str(tmp_path),
+        preset="pem-stdc1-cityscapes-panoptic",
+        task="panoptic",
+        config_overrides={"num_queries": 10},
+        id2label={0: "a", 1: "b"},
+        test_size=(64, 128),
+        max_steps=7,
+    )
+    with pytest.raises(SystemExit):
+        parse_args([f"--data-root={tmp_path}", f"--output-dir={tmp_path}", "--preset=pem-r18-cityscapes-semantic"])
 
 
 def test_optimizer_groups_follow_the_official_rules():

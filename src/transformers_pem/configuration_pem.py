@@ -6,11 +6,12 @@ from transformers.configuration_utils import SubConfigSpec
 
 from .configuration_stdc import STDCConfig
 from .labels_pem import DATASET_LABELS
+from .presets_pem import PRESETS, STDC_LAYERS, get_preset
 
-# Official test-time settings per dataset and task (configs/<dataset>/<task>-segmentation/*.yaml).
-PRESET_DATASETS = ("cityscapes", "ade20k")
-PRESET_TASKS = ("semantic", "panoptic")
-PRESET_BACKBONES = ("r50", "stdc1", "stdc2")
+# PEM's input rule: the model zero-pads images (bottom/right) to a multiple of SIZE_DIVISOR, because its top-down
+# path adds 2x-upsampled coarse features to finer ones, and predicts masks at stride MASK_STRIDE of the padded input.
+SIZE_DIVISOR = 32
+MASK_STRIDE = 4
 
 
 @strict
@@ -153,12 +154,7 @@ class PEMConfig(PreTrainedConfig):
     @staticmethod
     def presets() -> list[str]:
         """Names of the 12 official PEM configurations, e.g. `pem-r50-cityscapes-semantic`."""
-        return [
-            f"pem-{backbone}-{dataset}-{task}"
-            for backbone in PRESET_BACKBONES
-            for dataset in PRESET_DATASETS
-            for task in PRESET_TASKS
-        ]
+        return list(PRESETS)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "PEMConfig":
@@ -166,28 +162,19 @@ class PEMConfig(PreTrainedConfig):
 
         Keyword arguments override the preset's fields, e.g. `from_preset("pem-r50-ade20k-semantic", num_queries=50)`.
         """
-        if name not in cls.presets():
-            raise ValueError(f"Unknown PEM preset {name!r}. Available presets: {', '.join(cls.presets())}.")
-        _, backbone, dataset, task = name.split("-")
-        labels = DATASET_LABELS[dataset]
-        preset = {
-            "backbone_config": _preset_backbone_config(backbone),
-            "id2label": {index: label[0] for index, label in enumerate(labels)},
-            "thing_ids": [index for index, label in enumerate(labels) if label[2]],
-        }
-        if "id2label" in overrides:
+        preset = get_preset(name)
+        out_features = ["stage1", "stage2", "stage3", "stage4"]
+        if preset.backbone == "r50":
+            backbone_config = ResNetConfig(out_features=out_features)
+        else:
+            backbone_config = STDCConfig(layers=list(STDC_LAYERS[preset.backbone]), out_features=out_features)
+        settings = {
+            "backbone_config": backbone_config,
+            "id2label": {index: label.name for index, label in enumerate(DATASET_LABELS[preset.dataset])},
             # A custom label set: the dataset's thing ids no longer apply.
-            preset["thing_ids"] = None
-        preset.update(overrides)
-        return cls(**preset)
-
-
-def _preset_backbone_config(backbone: str) -> PreTrainedConfig:
-    out_features = ["stage1", "stage2", "stage3", "stage4"]
-    if backbone == "r50":
-        return ResNetConfig(out_features=out_features)
-    layers = {"stdc1": [2, 2, 2], "stdc2": [4, 5, 3]}[backbone]
-    return STDCConfig(layers=layers, out_features=out_features)
+            "thing_ids": None if "id2label" in overrides else preset.thing_ids,
+        }
+        return cls(**{**settings, **overrides})
 
 
 __all__ = ["PEMConfig"]

@@ -1,4 +1,5 @@
-"""Image processor for PEM: pre-processing (torchvision backend) and the official PEM inference post-processing."""
+"""Image processor for PEM: the official test-time pre-processing (torchvision backend), training targets from
+segmentation maps, and the official inference as post-processing (`post_processing_pem`)."""
 
 import math
 
@@ -8,7 +9,6 @@ import torch
 from torch import nn
 from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
-from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import group_images_by_shape, reorder_images
 from transformers.image_utils import (
@@ -22,21 +22,9 @@ from transformers.image_utils import (
 from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType
 
-from .configuration_pem import PEMConfig
-from .labels_pem import DATASET_LABELS
-
-# Official test-time resize per dataset and task: detectron2 `ResizeShortestEdge(MIN_SIZE_TEST, MAX_SIZE_TEST)` from
-# configs/<dataset>/<task>-segmentation/Base-*.yaml. The model then pads every batch to a multiple of 32
-# (`MODEL.MASK_FORMER.SIZE_DIVISIBILITY`); `INPUT.SIZE_DIVISIBILITY` (512 / 640 for ADE20K) only pads training crops.
-PRESET_TEST_SIZES = {
-    ("cityscapes", "semantic"): (1024, 2048),
-    ("cityscapes", "panoptic"): (1024, 2048),
-    ("ade20k", "semantic"): (512, 2048),
-    ("ade20k", "panoptic"): (640, 2560),
-}
-
-# Stride of `masks_queries_logits` with respect to the padded input.
-MASK_STRIDE = 4
+from .configuration_pem import SIZE_DIVISOR
+from .post_processing_pem import PEMPostProcessingMixin, inference_settings
+from .presets_pem import get_preset
 
 
 class PEMImageProcessorKwargs(ImagesKwargs, total=False):
@@ -204,112 +192,12 @@ def convert_segmentation_map_to_binary_masks(
     return masks.float(), torch.tensor(classes, dtype=torch.int64)
 
 
-def binary_mask_to_rle(mask: torch.Tensor) -> list[int]:
-    """
-    Run-length encoding of a binary `(height, width)` mask in Mask2Former's format: `[start_1, length_1, start_2,
-    length_2, ...]`, with 1-based starts of the runs of ones in the row-major flattened mask.
-    """
-    pixels = torch.cat([mask.new_zeros(1), mask.flatten(), mask.new_zeros(1)]).to(torch.int8)
-    changes = torch.nonzero(pixels[1:] != pixels[:-1]).flatten() + 1
-    changes[1::2] -= changes[::2].clone()
-    return changes.tolist()
-
-
-def _padded_and_valid_sizes(
-    masks_queries_logits: torch.Tensor, pixel_mask: torch.Tensor | None
-) -> tuple[tuple[int, int], list[tuple[int, int]]]:
-    """The padded input size and, per image, the size of its unpadded (top-left) region."""
-    batch_size, _, mask_height, mask_width = masks_queries_logits.shape
-    if pixel_mask is None:
-        padded_size = (mask_height * MASK_STRIDE, mask_width * MASK_STRIDE)
-        return padded_size, [padded_size] * batch_size
-    if pixel_mask.ndim != 3 or pixel_mask.shape[0] != batch_size:
-        raise ValueError(
-            f"pixel_mask must have shape (batch_size={batch_size}, height, width), got {tuple(pixel_mask.shape)}."
-        )
-    valid = pixel_mask.bool()
-    heights, widths = valid.any(dim=2).sum(dim=1).tolist(), valid.any(dim=1).sum(dim=1).tolist()
-    if min(heights) == 0 or min(widths) == 0:
-        raise ValueError("pixel_mask marks no valid pixel for at least one image.")
-    return tuple(pixel_mask.shape[-2:]), list(zip(heights, widths))
-
-
-def _resolve_target_sizes(target_sizes, default_sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    if target_sizes is None:
-        return default_sizes
-    if len(target_sizes) != len(default_sizes):
-        raise ValueError(
-            f"Got {len(target_sizes)} target sizes for a batch of {len(default_sizes)}: pass one (height, width) each."
-        )
-    resolved = []
-    for size in target_sizes:
-        height, width = (int(value) for value in size)
-        if height <= 0 or width <= 0:
-            raise ValueError(f"Target sizes must be positive (height, width) pairs, got {tuple(size)}.")
-        resolved.append((height, width))
-    return resolved
-
-
-def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear resize of `(channels, height, width)` maps (`align_corners=False`), as in the official code."""
-    return nn.functional.interpolate(mask_logits[None], size=size, mode="bilinear", align_corners=False)[0]
-
-
-# Upsampled mask values held at a time by `_semantic_scores` (16 MB in float32).
-SEMANTIC_BAND_ELEMENTS = 4 * 1024 * 1024
-
-
-def _semantic_scores(class_probs: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """`einsum("qc,qhw->chw", class_probs, sigmoid(_upsample(mask_logits, size)))`: `(num_labels, *size)` scores.
-
-    The upsampled masks are the largest tensor of inference (`num_queries` full-size maps, 210 MB at 512x1024), so
-    they are computed a band of rows at a time, which is faster (the band is reused memory) and saves that memory.
-    Each band upsamples its rows of mask logits with one more row on either side. When the vertical factor is a power
-    of two, the bilinear positions and weights in a band are exactly the full-map ones shifted by whole rows; PyTorch's
-    resize kernel may still round the last bit differently for another tensor size, so the scores agree to ~1e-7
-    (identical at the benchmark sizes). Other sizes take the unbanded path.
-    """
-    num_queries, height, width = mask_logits.shape
-    factor = size[0] // height
-    if size[0] != factor * height or factor & (factor - 1):
-        return torch.einsum("qc,qhw->chw", class_probs, _upsample(mask_logits, size).sigmoid_())
-    band_rows = max(1, SEMANTIC_BAND_ELEMENTS // (num_queries * factor * size[1]))
-    scores = mask_logits.new_empty(class_probs.shape[1], size[0] * size[1])
-    for start in range(0, height, band_rows):
-        stop = min(start + band_rows, height)
-        low, high = max(start - 1, 0), min(stop + 1, height)
-        masks = _upsample(mask_logits[:, low:high], ((high - low) * factor, size[1]))
-        masks = masks[:, (start - low) * factor : (stop - low) * factor].reshape(num_queries, -1)
-        # Sigmoids in place on the fresh band (a new tensor of this size costs more than the sigmoid); the product is
-        # written straight into the band's columns of the scores.
-        band = scores[:, start * factor * size[1] : stop * factor * size[1]]
-        torch.mm(class_probs.t(), masks.sigmoid_(), out=band)
-    return scores.view(-1, *size)
-
-
-def _crop_and_resize(maps: torch.Tensor, valid_size: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:
-    """Drop the batch padding (bottom/right), then resize to the output size (detectron2 `sem_seg_postprocess`).
-
-    A bilinear resize to the same size is the identity, so it is skipped."""
-    maps = maps[:, : valid_size[0], : valid_size[1]]
-    return maps if tuple(valid_size) == tuple(target_size) else _upsample(maps, target_size)
-
-
-class PEMImageProcessorMixin:
+class PEMImageProcessorMixin(PEMPostProcessingMixin):
     r"""
     Settings and methods shared by [`PEMImageProcessor`] (torchvision) and [`PEMImageProcessorPil`] (PIL): the
-    official PEM test-time defaults, segmentation-map targets and post-processing.
-
-    Args:
-        thing_ids (`list[int]`, *optional*):
-            Classes that are "things" (countable instances). In panoptic post-processing the other classes ("stuff")
-            are fused by default; instance post-processing keeps only things. `None`: every class is a thing.
-        resize_masks_before_semantic_inference (`bool`, *optional*, defaults to `False`):
-            Order of semantic post-processing. `False` (official semantic configs): combine masks and classes at the
-            padded input size, then crop and resize the class scores. `True` (official panoptic configs): crop and
-            resize the query masks first. The two agree when the output size equals the processed image size.
-        test_topk_per_image (`int`, *optional*, defaults to 100):
-            Instance post-processing: detections kept per image (top-k over queries x classes).
+    official PEM test-time defaults, segmentation-map targets, and the post-processing of [`PEMPostProcessingMixin`]
+    (its settings: `thing_ids`, `resize_masks_before_semantic_inference`, `object_mask_threshold`,
+    `overlap_threshold`, `test_topk_per_image`).
     """
 
     valid_kwargs = PEMImageProcessorKwargs
@@ -325,41 +213,30 @@ class PEMImageProcessorMixin:
     do_normalize = True
     do_convert_rgb = True
     do_pad = True
-    size_divisor = 32
+    size_divisor = SIZE_DIVISOR
     ignore_index = 255
     do_reduce_labels = False
 
-    def __init__(
-        self,
-        thing_ids: list[int] | None = None,
-        resize_masks_before_semantic_inference: bool = False,
-        test_topk_per_image: int = 100,
-        **kwargs: Unpack[PEMImageProcessorKwargs],
-    ) -> None:
-        super().__init__(**kwargs)
-        self.thing_ids = [int(i) for i in thing_ids] if thing_ids is not None else None
-        self.resize_masks_before_semantic_inference = resize_masks_before_semantic_inference
-        self.test_topk_per_image = test_topk_per_image
-
     @classmethod
-    def from_preset(cls, name: str, **kwargs):
+    def from_preset(cls, name: str, model_config=None, **kwargs):
         """
         The processor of an official configuration (see `PEMConfig.presets()`, e.g. `"pem-r50-ade20k-panoptic"`): its
         test-time resize, the dataset's thing classes, the post-processing order of its task, and for ADE20K semantic
-        maps (0 = "other") `do_reduce_labels=True`. Keyword arguments override these settings.
+        maps (0 = "other") `do_reduce_labels=True`. With `model_config` (a [`PEMConfig`]), the inference settings
+        (`thing_ids`, `object_mask_threshold`, `overlap_threshold`, `test_topk_per_image`) are the model's. Keyword
+        arguments override any setting.
         """
-        if name not in PEMConfig.presets():
-            raise ValueError(f"Unknown PEM preset {name!r}. Available presets: {', '.join(PEMConfig.presets())}.")
-        _, _, dataset, task = name.split("-")
-        shortest_edge, longest_edge = PRESET_TEST_SIZES[dataset, task]
+        preset = get_preset(name)
+        shortest_edge, longest_edge = preset.protocol.test_size
         settings = {
             "size": {"shortest_edge": shortest_edge, "longest_edge": longest_edge},
-            "thing_ids": [index for index, label in enumerate(DATASET_LABELS[dataset]) if label[2]],
-            "resize_masks_before_semantic_inference": task == "panoptic",
-            "do_reduce_labels": dataset == "ade20k" and task == "semantic",
+            "thing_ids": preset.thing_ids,
+            "resize_masks_before_semantic_inference": preset.task == "panoptic",
+            "do_reduce_labels": preset.dataset == "ade20k" and preset.task == "semantic",
         }
-        settings.update(kwargs)
-        return cls(**settings)
+        if model_config is not None:
+            settings.update(inference_settings(model_config))
+        return cls(**{**settings, **kwargs})
 
     def preprocess(
         self,
@@ -472,250 +349,43 @@ class PEMImageProcessorMixin:
             class_labels.append(classes)
         return mask_labels, class_labels
 
-    @torch.no_grad()
-    def post_process_semantic_segmentation(
+    def _pad_and_encode(
         self,
-        outputs,
-        target_sizes: list[tuple[int, int]] | None = None,
-        return_segmentation_scores: bool = False,
-        pixel_mask: torch.Tensor | None = None,
-    ) -> "list[torch.Tensor] | list[SemanticSegmentationPostProcessorOutput]":
-        """
-        Semantic maps from [`PEMForUniversalSegmentationOutput`], as the official PEM inference computes them: per
-        pixel, `sum_q softmax(class_logits_q)[:-1] * sigmoid(mask_logits_q)`, then the argmax over classes.
-
-        Args:
-            outputs ([`PEMForUniversalSegmentationOutput`]):
-                Model outputs (`class_queries_logits`, `masks_queries_logits`).
-            target_sizes (`list[tuple[int, int]]`, *optional*):
-                Output `(height, width)` of each image, usually its original size. Defaults to the processed size
-                without padding.
-            return_segmentation_scores (`bool`, *optional*, defaults to `False`):
-                Also return the class scores `(num_labels, height, width)`.
-            pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
-                The processor's `pixel_mask`, to drop the batch padding. Defaults to `outputs.pixel_mask` if the
-                outputs carry it, else the inputs are assumed unpadded.
-
-        Returns:
-            `list[torch.LongTensor]` of `(height, width)` class maps, or with `return_segmentation_scores` a list of
-            [`SemanticSegmentationPostProcessorOutput`] (`segmentation`, `segmentation_scores`).
-        """
-        class_logits, mask_logits, padded_size, valid_sizes, target_sizes = self._unpack_outputs(
-            outputs, target_sizes, pixel_mask
+        processed_images: list,
+        segmentation_maps: list[torch.Tensor] | None,
+        instance_id_to_semantic_id: list[dict[int, int] | None] | None,
+        do_pad: bool,
+        pad_size: SizeDict | None,
+        size_divisor: int | None,
+        ignore_index: int | None,
+        do_reduce_labels: bool,
+        return_tensors: str | TensorType | None,
+        **pad_kwargs,
+    ) -> BatchFeature:
+        """The end of both backends' `_preprocess`: pad the resized, normalised images to a common size, and build the
+        targets of the segmentation maps at that size."""
+        image_sizes = [tuple(image.shape[-2:]) for image in processed_images]
+        padded_size = self._get_padded_size(image_sizes, do_pad, pad_size, size_divisor)
+        # Normalised images are padded with 0 (the mean colour), top-left aligned, as detectron2's ImageList does.
+        padded_images, pixel_mask = self.pad(
+            processed_images,
+            pad_size=SizeDict(height=padded_size[0], width=padded_size[1]),
+            return_mask=True,
+            **pad_kwargs,
         )
-        results = []
-        for class_logit, mask_logit, valid_size, target_size in zip(
-            class_logits, mask_logits, valid_sizes, target_sizes
-        ):
-            class_probs = class_logit.softmax(dim=-1)[:, :-1]  # (num_queries, num_labels); no-object dropped
-            if self.resize_masks_before_semantic_inference:
-                masks = _crop_and_resize(_upsample(mask_logit, padded_size), valid_size, target_size)
-                # The sigmoids in place on the freshly resized masks (4x faster than a new tensor of this size).
-                scores = torch.einsum("qc,qhw->chw", class_probs, masks.sigmoid_())
-            else:
-                scores = _semantic_scores(class_probs, mask_logit, padded_size)
-                scores = _crop_and_resize(scores, valid_size, target_size)
-            # `max` returns the first maximum's index like `argmax`, and is 7x faster over a leading dimension.
-            segmentation = scores.max(dim=0).indices
-            if return_segmentation_scores:
-                results.append(
-                    SemanticSegmentationPostProcessorOutput(
-                        data={"segmentation": segmentation, "segmentation_scores": scores}
-                    )
-                )
-            else:
-                results.append(segmentation)
-        return results
-
-    @torch.no_grad()
-    def post_process_panoptic_segmentation(
-        self,
-        outputs,
-        threshold: float = 0.8,
-        mask_threshold: float = 0.5,
-        overlap_mask_area_threshold: float = 0.8,
-        label_ids_to_fuse: set[int] | None = None,
-        target_sizes: list[tuple[int, int]] | None = None,
-        pixel_mask: torch.Tensor | None = None,
-    ) -> list[dict]:
-        """
-        Panoptic segmentation as the official PEM inference computes it (defaults = official settings).
-
-        Queries whose best class is not "no object" and scores `> threshold` are kept; each pixel goes to the kept
-        query with the highest `score * sigmoid(mask)`. A query becomes a segment on its pixels with
-        `sigmoid(mask) >= mask_threshold`, unless fewer than `overlap_mask_area_threshold` of its own mask
-        (`sigmoid >= mask_threshold`) won the argmax. Classes in `label_ids_to_fuse` form one segment per class.
-
-        Args:
-            outputs ([`PEMForUniversalSegmentationOutput`]):
-                Model outputs (`class_queries_logits`, `masks_queries_logits`).
-            threshold (`float`, *optional*, defaults to 0.8):
-                Minimum class score of a kept query (official `OBJECT_MASK_THRESHOLD`).
-            mask_threshold (`float`, *optional*, defaults to 0.5):
-                Probability threshold of the binary masks.
-            overlap_mask_area_threshold (`float`, *optional*, defaults to 0.8):
-                Minimum visible fraction of a query's mask (official `OVERLAP_THRESHOLD`).
-            label_ids_to_fuse (`set[int]`, *optional*):
-                Classes merged into a single segment. Defaults to the stuff classes (those not in `thing_ids`).
-            target_sizes (`list[tuple[int, int]]`, *optional*):
-                Output `(height, width)` of each image. Defaults to the processed size without padding.
-            pixel_mask (`torch.Tensor`, *optional*):
-                See [`~PEMImageProcessor.post_process_semantic_segmentation`].
-
-        Returns:
-            `list[dict]`, one per image: `segmentation` (`torch.IntTensor` `(height, width)`, segment ids from 1, 0 =
-            void) and `segments_info` (list of `{"id", "label_id", "was_fused", "score"}`).
-        """
-        class_logits, mask_logits, padded_size, valid_sizes, target_sizes = self._unpack_outputs(
-            outputs, target_sizes, pixel_mask
+        encoded_inputs = BatchFeature(
+            data={"pixel_values": padded_images, "pixel_mask": pixel_mask}, tensor_type=return_tensors
         )
-        num_labels = class_logits.shape[-1] - 1
-        if label_ids_to_fuse is None:
-            label_ids_to_fuse = set(range(num_labels)) - set(self._thing_ids(num_labels))
-        results = []
-        for class_logit, mask_logit, valid_size, target_size in zip(
-            class_logits, mask_logits, valid_sizes, target_sizes
-        ):
-            scores, labels = class_logit.softmax(dim=-1).max(dim=-1)
-            keep = labels.ne(num_labels) & (scores > threshold)
-            segmentation = torch.zeros(target_size, dtype=torch.int32, device=mask_logit.device)
-            segments_info = []
-            results.append({"segmentation": segmentation, "segments_info": segments_info})
-            if not keep.any():
-                continue
-            masks = _crop_and_resize(_upsample(mask_logit[keep], padded_size), valid_size, target_size).sigmoid_()
-            scores, labels = scores[keep], labels[keep]
-            winners = (scores.view(-1, 1, 1) * masks).max(dim=0).indices  # (height, width) index of the kept query
-            fused_segment_ids: dict[int, int] = {}
-            for k in range(len(labels)):
-                label = int(labels[k])
-                won = winners == k
-                mask = won & (masks[k] >= mask_threshold)
-                mask_area, original_area = int(won.sum()), int((masks[k] >= mask_threshold).sum())
-                if mask_area == 0 or original_area == 0 or not mask.any():
-                    continue
-                if mask_area / original_area < overlap_mask_area_threshold:
-                    continue
-                should_fuse = label in label_ids_to_fuse
-                if should_fuse and label in fused_segment_ids:
-                    segmentation[mask] = fused_segment_ids[label]
-                    continue
-                segment_id = len(segments_info) + 1
-                segmentation[mask] = segment_id
-                segments_info.append(
-                    {"id": segment_id, "label_id": label, "was_fused": should_fuse, "score": float(scores[k])}
-                )
-                if should_fuse:
-                    fused_segment_ids[label] = segment_id
-        return results
-
-    @torch.no_grad()
-    def post_process_instance_segmentation(
-        self,
-        outputs,
-        threshold: float = 0.0,
-        mask_threshold: float = 0.5,
-        overlap_mask_area_threshold: float = 0.8,
-        target_sizes: list[tuple[int, int]] | None = None,
-        return_coco_annotation: bool = False,
-        return_binary_maps: bool = False,
-        pixel_mask: torch.Tensor | None = None,
-    ) -> list[dict]:
-        """
-        Instance segmentation as the official PEM inference computes it: the `test_topk_per_image` best (query,
-        class) pairs over `softmax(class_logits)[:, :-1]`, restricted to thing classes; binary masks
-        `sigmoid(mask) > mask_threshold` at the output size; score = class probability x mean mask probability inside
-        the binary mask. With the defaults, every official detection is returned.
-
-        Args:
-            outputs ([`PEMForUniversalSegmentationOutput`]):
-                Model outputs (`class_queries_logits`, `masks_queries_logits`).
-            threshold (`float`, *optional*, defaults to 0.0):
-                Minimum score of a returned instance (the official inference keeps all top-k detections).
-            mask_threshold (`float`, *optional*, defaults to 0.5):
-                Probability threshold of the binary masks.
-            overlap_mask_area_threshold (`float`, *optional*, defaults to 0.8):
-                Unused (instances may overlap); accepted for compatibility with the `image-segmentation` pipeline.
-            target_sizes (`list[tuple[int, int]]`, *optional*):
-                Output `(height, width)` of each image. Defaults to the processed size without padding.
-            return_coco_annotation (`bool`, *optional*, defaults to `False`):
-                Return `segmentation` as one run-length encoding per instance (see `binary_mask_to_rle`).
-            return_binary_maps (`bool`, *optional*, defaults to `False`):
-                Return `segmentation` as a `(num_instances, height, width)` boolean tensor, one mask per instance.
-            pixel_mask (`torch.Tensor`, *optional*):
-                See [`~PEMImageProcessor.post_process_semantic_segmentation`].
-
-        Returns:
-            `list[dict]`, one per image, instances sorted by decreasing score: `segmentation` (`torch.IntTensor`
-            `(height, width)` of instance ids from 0, -1 = background, each pixel showing the best-scoring instance
-            covering it; or the RLE list / binary maps) and `segments_info` (`{"id", "label_id", "was_fused",
-            "score"}`).
-        """
-        if return_coco_annotation and return_binary_maps:
-            raise ValueError("return_coco_annotation and return_binary_maps cannot both be True.")
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be a probability in (0, 1), got {mask_threshold}.")
-        mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))  # exactly 0.0 for 0.5
-        class_logits, mask_logits, padded_size, valid_sizes, target_sizes = self._unpack_outputs(
-            outputs, target_sizes, pixel_mask
-        )
-        num_queries, num_labels = class_logits.shape[1], class_logits.shape[2] - 1
-        thing_ids = torch.tensor(self._thing_ids(num_labels), dtype=torch.int64, device=class_logits.device)
-        top_k = min(self.test_topk_per_image, num_queries * num_labels)
-        results = []
-        for class_logit, mask_logit, valid_size, target_size in zip(
-            class_logits, mask_logits, valid_sizes, target_sizes
-        ):
-            class_probs = class_logit.softmax(dim=-1)[:, :-1]
-            topk_scores, topk_indices = class_probs.flatten().topk(top_k, sorted=False)
-            labels, queries = topk_indices % num_labels, topk_indices // num_labels
-            is_thing = torch.isin(labels, thing_ids)
-            topk_scores, labels, queries = topk_scores[is_thing], labels[is_thing], queries[is_thing]
-
-            # Masks depend only on the query: resize each selected query once (detections share queries).
-            queries, detection_query = torch.unique(queries, return_inverse=True)
-            masks = _crop_and_resize(_upsample(mask_logit[queries], padded_size), valid_size, target_size)
-            binary_masks = (masks > mask_logit_threshold).float()
-            mask_scores = (masks.sigmoid().flatten(1) * binary_masks.flatten(1)).sum(1) / (
-                binary_masks.flatten(1).sum(1) + 1e-6
+        if segmentation_maps is not None:
+            mask_labels, class_labels = self._segmentation_targets(
+                segmentation_maps, instance_id_to_semantic_id, image_sizes, padded_size, ignore_index, do_reduce_labels
             )
-            scores = topk_scores * mask_scores[detection_query]
-            order = [i for i in scores.argsort(descending=True, stable=True).tolist() if scores[i] >= threshold]
-            binary_masks = binary_masks[detection_query[order]].bool()
-
-            segments_info = [
-                {"id": index, "label_id": int(labels[i]), "was_fused": False, "score": float(scores[i])}
-                for index, i in enumerate(order)
-            ]
-            if return_binary_maps:
-                segmentation = binary_masks
-            elif return_coco_annotation:
-                segmentation = [binary_mask_to_rle(mask) for mask in binary_masks]
-            else:
-                segmentation = torch.full(target_size, -1, dtype=torch.int32, device=masks.device)
-                for index in reversed(range(len(order))):  # the best-scoring instance ends on top
-                    segmentation[binary_masks[index]] = index
-            results.append({"segmentation": segmentation, "segments_info": segments_info})
-        return results
-
-    def _thing_ids(self, num_labels: int) -> list[int]:
-        if self.thing_ids is None:
-            return list(range(num_labels))
-        if any(not 0 <= i < num_labels for i in self.thing_ids):
-            raise ValueError(
-                f"thing_ids {self.thing_ids} do not fit a model with {num_labels} classes: set the processor's "
-                "thing_ids to class indices of this model."
-            )
-        return self.thing_ids
-
-    @staticmethod
-    def _unpack_outputs(outputs, target_sizes, pixel_mask):
-        class_logits = outputs.class_queries_logits.float()  # (batch_size, num_queries, num_labels + 1)
-        mask_logits = outputs.masks_queries_logits.float()  # (batch_size, num_queries, height / 4, width / 4)
-        if pixel_mask is None:
-            pixel_mask = getattr(outputs, "pixel_mask", None)
-        padded_size, valid_sizes = _padded_and_valid_sizes(mask_logits, pixel_mask)
-        return class_logits, mask_logits, padded_size, valid_sizes, _resolve_target_sizes(target_sizes, valid_sizes)
+            if return_tensors != "pt" and isinstance(processed_images[0], np.ndarray):  # the PIL backend's arrays
+                mask_labels = [masks.numpy() for masks in mask_labels]
+                class_labels = [classes.numpy() for classes in class_labels]
+            # Lists, not tensors: images have different numbers of masks.
+            encoded_inputs["mask_labels"], encoded_inputs["class_labels"] = mask_labels, class_labels
+        return encoded_inputs
 
 
 class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
@@ -784,25 +454,19 @@ class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
             )
         processed_images = reorder_images(processed_images_grouped, grouped_images_index)
 
-        image_sizes = [tuple(image.shape[-2:]) for image in processed_images]
-        padded_size = self._get_padded_size(image_sizes, do_pad, pad_size, size_divisor)
-        # Normalised images are padded with 0 (the mean colour), top-left aligned, as detectron2's ImageList does.
-        padded_images, pixel_mask = self.pad(
+        return self._pad_and_encode(
             processed_images,
-            pad_size=SizeDict(height=padded_size[0], width=padded_size[1]),
+            segmentation_maps,
+            instance_id_to_semantic_id,
+            do_pad,
+            pad_size,
+            size_divisor,
+            ignore_index,
+            do_reduce_labels,
+            return_tensors,
             fill_value=0,
-            return_mask=True,
             disable_grouping=disable_grouping,
         )
-        encoded_inputs = BatchFeature(
-            data={"pixel_values": padded_images, "pixel_mask": pixel_mask}, tensor_type=return_tensors
-        )
-        if segmentation_maps is not None:
-            # Lists, not tensors: images have different numbers of masks.
-            encoded_inputs["mask_labels"], encoded_inputs["class_labels"] = self._segmentation_targets(
-                segmentation_maps, instance_id_to_semantic_id, image_sizes, padded_size, ignore_index, do_reduce_labels
-            )
-        return encoded_inputs
 
 
 __all__ = ["PEMImageProcessor"]

@@ -60,25 +60,17 @@ class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
                 image = self.normalize(image, image_mean, image_std)
             processed_images.append(image)
 
-        image_sizes = [tuple(image.shape[-2:]) for image in processed_images]
-        padded_size = self._get_padded_size(image_sizes, do_pad, pad_size, size_divisor)
-        # Normalised images are padded with 0 (the mean colour), top-left aligned, as detectron2's ImageList does.
-        padded_images, pixel_mask = self.pad(
-            processed_images, pad_size=SizeDict(height=padded_size[0], width=padded_size[1]), return_mask=True
+        return self._pad_and_encode(
+            processed_images,
+            segmentation_maps,
+            instance_id_to_semantic_id,
+            do_pad,
+            pad_size,
+            size_divisor,
+            ignore_index,
+            do_reduce_labels,
+            return_tensors,
         )
-        encoded_inputs = BatchFeature(
-            data={"pixel_values": padded_images, "pixel_mask": pixel_mask}, tensor_type=return_tensors
-        )
-        if segmentation_maps is not None:
-            mask_labels, class_labels = self._segmentation_targets(
-                segmentation_maps, instance_id_to_semantic_id, image_sizes, padded_size, ignore_index, do_reduce_labels
-            )
-            # Lists, not tensors: images have different numbers of masks.
-            if return_tensors != "pt":
-                mask_labels = [masks.numpy() for masks in mask_labels]
-                class_labels = [classes.numpy() for classes in class_labels]
-            encoded_inputs["mask_labels"], encoded_inputs["class_labels"] = mask_labels, class_labels
-        return encoded_inputs
 
 
 __all__ = ["PEMImageProcessorPil"]

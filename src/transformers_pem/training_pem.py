@@ -1,11 +1,18 @@
 """Fine-tuning PEM with accelerate: the official optimiser and schedule, resumable atomic checkpoints, periodic
-evaluation. `scripts/train.py` is the command line; `python -m transformers_pem.training_pem` is the same.
+evaluation.
 
-Runs as `accelerate launch scripts/train.py ...`, `torchrun --nproc_per_node N scripts/train.py ...` or plain
+```python
+>>> from transformers_pem import TrainingConfig, train
+>>> train(TrainingConfig(preset="pem-stdc1-cityscapes-panoptic", task="panoptic", data_root="data/cityscapes",
+...                      output_dir="runs/stdc1", max_steps=1000, batch_size=8))
+```
+
+The command line (`scripts/train.py`, `python -m transformers_pem.commands.train`) builds the same `TrainingConfig`;
+it runs as `accelerate launch scripts/train.py ...`, `torchrun --nproc_per_node N scripts/train.py ...` or plain
 `python scripts/train.py ...`.
 """
 
-import argparse
+import dataclasses
 import hashlib
 import json
 import math
@@ -16,57 +23,117 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import datasets
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedDataParallelKwargs, ProjectConfiguration, set_seed
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 from tqdm.auto import tqdm
 
-from .allocator_pem import add_allocator_argument, apply_allocator_argument
-from .configuration_pem import PEMConfig
-from .data_pem import (
+from .augmentation_pem import (
     AugmentedSegmentationDataset,
     PEMSegmentationTransform,
     collate_fn,
-    load_ade20k,
-    load_cityscapes,
-    load_segmentation_dataset,
     official_train_augmentation,
     sample_seed,
 )
+from .configuration_pem import PEMConfig
+from .datasets_pem import load_ade20k, load_cityscapes, load_segmentation_dataset
 from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation
+from .presets_pem import TASKS, Protocol, get_preset
+from .utils_pem import require
+
+accelerate = require("accelerate", "train", "Training")
+Accelerator = accelerate.Accelerator
+accelerate_utils = require("accelerate.utils", "train", "Training")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 
+_SHARED_RECIPE = ("weight_decay", "backbone_lr_multiplier", "clip_grad_norm", "warmup_steps")
+# Without an official preset (a model from `model_name_or_path` only): a short fine-tuning schedule.
+_FINE_TUNING_STEPS = 1000
+_FINE_TUNING_LEARNING_RATE = 1e-4
+
 
 @dataclass
-class TrainingRecipe:
-    """Optimisation settings of the official configs (`SOLVER` in configs/<dataset>/*.yaml)."""
+class TrainingConfig:
+    """What `train` runs. Optimisation settings left at `None` take the official recipe of `preset` (see
+    `presets_pem`: AdamW, cosine schedule; Cityscapes lr 7e-4 for 90k steps, ADE20K lr 4e-4 decaying to 1e-6)."""
 
-    learning_rate: float
-    max_steps: int
-    end_learning_rate: float = 0.0
-    batch_size: int = 32
-    weight_decay: float = 0.05
-    backbone_lr_multiplier: float = 0.1
-    clip_grad_norm: float = 0.01
-    warmup_steps: int = 0
+    output_dir: str | os.PathLike
+    data_root: str | os.PathLike  # dataset root folder, or a Hub id / parquet path with dataset="hub"
+    # Model
+    preset: str | None = "pem-r50-cityscapes-semantic"  # PEMConfig preset and official recipe
+    model_name_or_path: str | None = None  # start from a saved PEM model (local dir or Hub id)
+    config_overrides: dict | None = None  # PEMConfig fields, e.g. {"num_queries": 50}
+    backbone_weights: str | None = None  # ImageNet backbone checkpoint (STDC .tar/.pkl, ResNet-50 .pth)
+    id2label: dict[int, str] | None = None  # a custom label set (else the preset's dataset)
+    thing_ids: list[int] | None = None  # thing classes of a custom label set
+    freeze_backbone_batch_norm: bool | None = None  # None: the preset's (FrozenBN for ADE20K R50, as officially)
+    # Data
+    dataset: str = "cityscapes"  # "cityscapes", "ade20k" or "hub"
+    task: str = "semantic"
+    column_mapping: dict[str, str] | None = None  # renames dataset columns (dataset="hub")
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    augmentation: str | None = None  # official recipe "cityscapes" / "ade20k"; default: the dataset's
+    scale: float = 1.0  # scale of the recipe's resize/crop sizes
+    reduce_labels: bool | None = None  # semantic maps with 0 = "other" (ADE20K); default: the processor's setting
+    test_size: tuple[int, int] | None = None  # evaluation resize (shortest edge, longest edge)
+    num_workers: int = 0
+    # Optimisation (None: the preset's official recipe)
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    batch_size: int = 2  # per process (official: 32 in total)
+    gradient_accumulation_steps: int = 1
+    weight_decay: float | None = None
+    backbone_lr_multiplier: float | None = None
+    clip_grad_norm: float | None = None  # full-model gradient clipping (0: off)
+    warmup_steps: int | None = None
+    mixed_precision: str | None = None  # "no", "fp16" or "bf16"
+    seed: int = 0
+    # Run
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 5000
+    resume: str | None = None  # "latest" or a checkpoint folder
+    report_to: str | None = None  # accelerate tracker, e.g. "tensorboard"
 
+    def __post_init__(self):
+        if self.preset is not None:
+            get_preset(self.preset)  # a clear error for an unknown name
+        elif self.model_name_or_path is None:
+            raise ValueError("Set a preset (the model and its official recipe) or model_name_or_path.")
+        if self.task not in TASKS:
+            raise ValueError(f"Unknown task {self.task!r}: use one of {TASKS}.")
+        if self.dataset not in ("cityscapes", "ade20k", "hub"):
+            raise ValueError(f"Unknown dataset {self.dataset!r}: use 'cityscapes', 'ade20k' or 'hub'.")
+        if self.batch_size < 2:
+            raise ValueError(
+                "batch_size 1 cannot train PEM: its pixel decoder applies BatchNorm to 1x1 pooled maps, which needs "
+                "at least 2 images per process. Use a batch size of 2 or more (with gradient_accumulation_steps to "
+                "keep memory low)."
+            )
+        if self.id2label is not None:
+            self.id2label = {int(index): name for index, name in self.id2label.items()}
 
-def official_recipe(preset: str) -> TrainingRecipe:
-    """The official recipe of a preset: AdamW, cosine schedule, batch 32; Cityscapes lr 7e-4 for 90k steps, ADE20K
-    lr 4e-4 decaying to 1e-6 for 160k steps (R50) or 90k steps (STDC, as the config file names say)."""
-    if preset not in PEMConfig.presets():
-        raise ValueError(f"Unknown PEM preset {preset!r}. Available presets: {', '.join(PEMConfig.presets())}.")
-    _, backbone, dataset, _ = preset.split("-")
-    if dataset == "cityscapes":
-        return TrainingRecipe(learning_rate=7e-4, max_steps=90_000)
-    return TrainingRecipe(
-        learning_rate=4e-4, max_steps=160_000 if backbone == "r50" else 90_000, end_learning_rate=1e-6
-    )
+    def recipe(self) -> dict:
+        """The optimisation settings: those set here, the others from the preset's official recipe (a short
+        fine-tuning schedule without a preset)."""
+        preset = get_preset(self.preset) if self.preset is not None else None
+        shared = preset.protocol if preset is not None else Protocol  # the class holds the settings all configs share
+        recipe = {name: getattr(shared, name) for name in _SHARED_RECIPE}
+        if preset is not None:
+            recipe.update(
+                learning_rate=preset.protocol.learning_rate,
+                end_learning_rate=preset.protocol.end_learning_rate,
+                max_steps=preset.training_steps,
+            )
+        else:
+            recipe.update(
+                learning_rate=_FINE_TUNING_LEARNING_RATE, end_learning_rate=0.0, max_steps=_FINE_TUNING_STEPS
+            )
+        recipe.update({name: getattr(self, name) for name in recipe if getattr(self, name, None) is not None})
+        return recipe
 
 
 def build_optimizer(
@@ -127,33 +194,7 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def load_training_data(args: argparse.Namespace, split: str) -> datasets.Dataset:
-    if args.dataset == "cityscapes":
-        return load_cityscapes(args.data_root, split=split, task=args.task)
-    if args.dataset == "ade20k":
-        return load_ade20k(args.data_root, split=split, task=args.task)
-    column_mapping = json.loads(args.column_mapping) if args.column_mapping else None
-    return load_segmentation_dataset(args.data_root, split=split, task=args.task, column_mapping=column_mapping)
-
-
-def build_model(args: argparse.Namespace, id2label: dict[int, str] | None) -> PEMForUniversalSegmentation:
-    if args.model_name_or_path:
-        overrides = {"id2label": id2label, "thing_ids": args.thing_ids} if id2label is not None else {}
-        return PEMForUniversalSegmentation.from_pretrained(
-            args.model_name_or_path, ignore_mismatched_sizes=bool(overrides), **overrides
-        )
-    overrides = json.loads(args.config_overrides) if args.config_overrides else {}
-    if id2label is not None:
-        overrides.update(id2label=id2label, thing_ids=args.thing_ids)
-    model = PEMForUniversalSegmentation(PEMConfig.from_preset(args.preset, **overrides))
-    if args.backbone_weights:
-        from .convert import load_backbone_weights
-
-        load_backbone_weights(model, args.backbone_weights)
-    return model
-
-
-def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch: int, keep: int) -> None:
+def save_checkpoint(accelerator: "accelerate.Accelerator", output_dir: Path, step: int, epoch: int, keep: int) -> None:
     """Write `checkpoint-<step>` atomically (to a temporary folder, renamed when complete), keep the last `keep`."""
     final = output_dir / f"checkpoint-{step}"
     temporary = output_dir / f"checkpoint-{step}.tmp"
@@ -172,38 +213,63 @@ def save_checkpoint(accelerator: Accelerator, output_dir: Path, step: int, epoch
     accelerator.wait_for_everyone()
 
 
-def train(args: argparse.Namespace) -> dict:
-    """Run training as configured by the command-line arguments (see `parse_args`). Returns the final state."""
-    output_dir = Path(args.output_dir)
-    if args.batch_size < 2:
-        raise ValueError(
-            "--batch-size 1 cannot train PEM: its pixel decoder applies BatchNorm to 1x1 pooled maps, which needs at "
-            "least 2 images per process. Use --batch-size 2 or more (with --gradient-accumulation-steps to keep "
-            "memory low)."
-        )
-    set_seed(args.seed)
+def load_training_data(config: TrainingConfig, split: str):
+    """The `datasets.Dataset` of a split of the configured dataset."""
+    if config.dataset == "cityscapes":
+        return load_cityscapes(config.data_root, split=split, task=config.task)
+    if config.dataset == "ade20k":
+        return load_ade20k(config.data_root, split=split, task=config.task)
+    return load_segmentation_dataset(
+        config.data_root, split=split, task=config.task, column_mapping=config.column_mapping
+    )
 
-    train_data = load_training_data(args, args.train_split)
-    eval_data = load_training_data(args, args.eval_split) if args.eval_split and args.eval_every else None
-    id2label = json.loads(args.id2label) if args.id2label else None
-    id2label = {int(k): v for k, v in id2label.items()} if id2label else None
-    model = build_model(args, id2label)
-    freeze_backbone = args.freeze_backbone_batch_norm
+
+def build_model(config: TrainingConfig) -> PEMForUniversalSegmentation:
+    """The model to train: a saved one (`model_name_or_path`, with a new head for a custom label set) or the preset
+    with `config_overrides` (and ImageNet `backbone_weights`)."""
+    labels = {"id2label": config.id2label, "thing_ids": config.thing_ids} if config.id2label is not None else {}
+    if config.model_name_or_path:
+        return PEMForUniversalSegmentation.from_pretrained(
+            config.model_name_or_path, ignore_mismatched_sizes=bool(labels), **labels
+        )
+    model = PEMForUniversalSegmentation(
+        PEMConfig.from_preset(config.preset, **{**(config.config_overrides or {}), **labels})
+    )
+    if config.backbone_weights:
+        from .checkpoint_io_pem import load_backbone_weights
+
+        load_backbone_weights(model, config.backbone_weights)
+    return model
+
+
+def train(config: TrainingConfig) -> dict:
+    """Fine-tune PEM as `config` says; checkpoints go to `config.output_dir` (`checkpoint-<step>`, atomic) and the
+    final model to `<output_dir>/final` (`save_pretrained`, with its processor). Returns the final state."""
+    output_dir = Path(config.output_dir)
+    recipe = config.recipe()
+    accelerate_utils.set_seed(config.seed)
+
+    train_data = load_training_data(config, config.train_split)
+    eval_data = load_training_data(config, config.eval_split) if config.eval_split and config.eval_every else None
+    model = build_model(config)
+    freeze_backbone = config.freeze_backbone_batch_norm
     if freeze_backbone is None:
-        freeze_backbone = bool(args.preset) and args.preset.startswith("pem-r50-ade20k")
+        freeze_backbone = config.preset is not None and get_preset(config.preset).frozen_backbone_batch_norm
     if freeze_backbone:
         freeze_batch_norm(model.model.pixel_level_module.encoder)
-    accelerator = Accelerator(
+    accelerator = accelerate.Accelerator(
         # Without a GPU, `cpu=True` lets torchrun / accelerate launch run several CPU processes (MULTI_CPU, gloo).
         cpu=not torch.cuda.is_available(),
-        mixed_precision=args.mixed_precision,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        log_with=args.report_to,
-        project_config=ProjectConfiguration(project_dir=str(output_dir), logging_dir=str(output_dir / "logs")),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        mixed_precision=config.mixed_precision,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        log_with=config.report_to,
+        project_config=accelerate_utils.ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        dataloader_config=accelerate_utils.DataLoaderConfiguration(use_seedable_sampler=True),
         # With fewer decoder layers than feature levels, the projections of the unused levels get no gradient.
         kwargs_handlers=[
-            DistributedDataParallelKwargs(
+            accelerate_utils.DistributedDataParallelKwargs(
                 find_unused_parameters=model.config.decoder_layers < model.config.num_feature_levels
             )
         ],
@@ -212,60 +278,61 @@ def train(args: argparse.Namespace) -> dict:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     processor = (
-        PEMImageProcessor.from_pretrained(args.model_name_or_path)
-        if args.model_name_or_path
-        else PEMImageProcessor.from_preset(args.preset, thing_ids=model.config.thing_ids)
+        PEMImageProcessor.from_pretrained(config.model_name_or_path)
+        if config.model_name_or_path
+        else PEMImageProcessor.from_preset(config.preset, model_config=model.config)
     )
-    if args.test_size:
-        processor.size = {"shortest_edge": args.test_size[0], "longest_edge": args.test_size[1]}
-    if args.reduce_labels is not None:
-        processor.do_reduce_labels = args.reduce_labels
-    recipe_name = args.augmentation or ("cityscapes" if args.dataset == "cityscapes" else "ade20k")
+    if config.test_size:
+        processor.size = {"shortest_edge": config.test_size[0], "longest_edge": config.test_size[1]}
+    if config.reduce_labels is not None:
+        processor.do_reduce_labels = config.reduce_labels
+    recipe_name = config.augmentation or ("cityscapes" if config.dataset == "cityscapes" else "ade20k")
     transform = PEMSegmentationTransform(
         processor,
-        task=args.task,
-        augmentation=official_train_augmentation(recipe_name, args.task, scale=args.scale),
-        reduce_labels=args.reduce_labels,
+        task=config.task,
+        augmentation=official_train_augmentation(recipe_name, config.task, scale=config.scale),
+        reduce_labels=config.reduce_labels,
         num_labels=model.config.num_labels,
     )
-    train_set = AugmentedSegmentationDataset(train_data, transform, seed=args.seed)
+    train_set = AugmentedSegmentationDataset(train_data, transform, seed=config.seed)
     loader = torch.utils.data.DataLoader(
         train_set,
-        batch_size=args.batch_size,
+        batch_size=config.batch_size,
         shuffle=True,
         collate_fn=collate_fn,
-        num_workers=args.num_workers,
+        num_workers=config.num_workers,
         drop_last=True,
     )
     if len(loader) == 0:
         raise ValueError(
-            f"The training split has {len(train_set)} examples, fewer than one batch of {args.batch_size} "
+            f"The training split has {len(train_set)} examples, fewer than one batch of {config.batch_size} "
             f"(x {accelerator.num_processes} processes)."
         )
 
-    recipe = official_recipe(args.preset) if args.preset else TrainingRecipe(learning_rate=1e-4, max_steps=1000)
-    learning_rate = args.learning_rate or recipe.learning_rate
-    max_steps = args.max_steps or recipe.max_steps
-    optimizer = build_optimizer(model, learning_rate, args.weight_decay, args.backbone_lr_multiplier)
+    max_steps = recipe["max_steps"]
+    optimizer = build_optimizer(
+        model, recipe["learning_rate"], recipe["weight_decay"], recipe["backbone_lr_multiplier"]
+    )
     scheduler = build_scheduler(
-        optimizer, max_steps, recipe.end_learning_rate / recipe.learning_rate, args.warmup_steps
+        optimizer, max_steps, recipe["end_learning_rate"] / recipe["learning_rate"], recipe["warmup_steps"]
     )
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, epoch, skip = 0, 0, 0
     checkpoint = None
-    if args.resume:
-        checkpoint = latest_checkpoint(output_dir) if args.resume == "latest" else Path(args.resume)
-        if checkpoint is None and args.resume != "latest":
-            raise ValueError(f"--resume {args.resume}: no such checkpoint.")
+    if config.resume:
+        checkpoint = latest_checkpoint(output_dir) if config.resume == "latest" else Path(config.resume)
+        if checkpoint is None and config.resume != "latest":
+            raise ValueError(f"resume={config.resume!r}: no such checkpoint.")
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
         state = json.loads((checkpoint / "trainer_state.json").read_text())
         step = state["step"]
-        epoch, skip = divmod(step * args.gradient_accumulation_steps, len(loader))
+        epoch, skip = divmod(step * config.gradient_accumulation_steps, len(loader))
         accelerator.print(f"Resumed from {checkpoint} at step {step} (epoch {epoch}).")
 
-    accelerator.init_trackers("pem", config={k: v for k, v in vars(args).items() if isinstance(v, int | float | str)})
+    settings = {**dataclasses.asdict(config), **recipe}
+    accelerator.init_trackers("pem", config={k: v for k, v in settings.items() if isinstance(v, int | float | str)})
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     history, started = [], time.perf_counter()
     metrics, evaluated_step = None, None
@@ -278,7 +345,7 @@ def train(args: argparse.Namespace) -> dict:
         for batch in batches:
             # The loss samples random points: seed every step from (seed, step, process) so that a resumed run draws
             # exactly what an uninterrupted one draws, whatever the data loaders consumed from the global generator.
-            torch.manual_seed(sample_seed(args.seed, step, accelerator.process_index))
+            torch.manual_seed(sample_seed(config.seed, step, accelerator.process_index))
             with accelerator.accumulate(model):
                 outputs = model(
                     pixel_values=batch["pixel_values"],
@@ -286,8 +353,8 @@ def train(args: argparse.Namespace) -> dict:
                     class_labels=batch["class_labels"],
                 )
                 accelerator.backward(outputs.loss)
-                if accelerator.sync_gradients and args.clip_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.clip_grad_norm)
+                if accelerator.sync_gradients and recipe["clip_grad_norm"] > 0:
+                    accelerator.clip_grad_norm_(model.parameters(), recipe["clip_grad_norm"])
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -300,10 +367,10 @@ def train(args: argparse.Namespace) -> dict:
             learning_rate = max(scheduler.get_last_lr())  # the head's; the backbone's is scaled down
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate:.2e}")
             accelerator.log({"train/loss": loss, "train/lr": learning_rate}, step=step)
-            if args.save_every and step % args.save_every == 0 and step < max_steps:
-                save_checkpoint(accelerator, output_dir, step, epoch, args.keep_checkpoints)
-            if eval_data is not None and step % args.eval_every == 0:
-                metrics = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
+            if config.save_every and step % config.save_every == 0 and step < max_steps:
+                save_checkpoint(accelerator, output_dir, step, epoch, config.keep_checkpoints)
+            if eval_data is not None and step % config.eval_every == 0:
+                metrics = evaluate_during_training(accelerator, model, processor, eval_data, config.task)
                 evaluated_step = step
                 accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
                 accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
@@ -324,7 +391,7 @@ def train(args: argparse.Namespace) -> dict:
     if eval_data is not None:
         # The final weights were just evaluated if the last step was an evaluation step.
         if evaluated_step != step:
-            metrics = evaluate_during_training(accelerator, model, processor, eval_data, args.task)
+            metrics = evaluate_during_training(accelerator, model, processor, eval_data, config.task)
         final["eval"] = metrics
     final["weights_sha256"] = tensors_digest(unwrapped.state_dict())
     if accelerator.is_main_process:
@@ -367,7 +434,7 @@ def _plain_batch_norm(model: nn.Module) -> nn.Module:
 
 
 def evaluate_during_training(
-    accelerator: Accelerator, model: nn.Module, processor: PEMImageProcessor, dataset: datasets.Dataset, task: str
+    accelerator: "accelerate.Accelerator", model: nn.Module, processor: PEMImageProcessor, dataset, task: str
 ) -> dict[str, float]:
     """mIoU (and PQ for panoptic tasks) on `dataset`, computed on the main process."""
     from .evaluation_pem import HEADLINE_METRICS, evaluate_model
@@ -380,78 +447,4 @@ def evaluate_during_training(
     return metrics
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Fine-tune PEM with accelerate (official recipe by default).")
-    model = parser.add_argument_group("model")
-    model.add_argument("--preset", default="pem-r50-cityscapes-semantic", help="PEMConfig preset (official recipe)")
-    model.add_argument("--model-name-or-path", help="start from a saved PEM model (local dir or Hub id)")
-    model.add_argument("--config-overrides", help="JSON of PEMConfig fields, e.g. '{\"num_queries\": 50}'")
-    model.add_argument("--backbone-weights", help="ImageNet backbone checkpoint (STDC .tar/.pkl, ResNet-50 .pth)")
-    model.add_argument("--id2label", help="JSON {id: name} for a custom label set (else the preset's dataset)")
-    model.add_argument("--thing-ids", type=int, nargs="*", help="thing classes of a custom label set")
-    model.add_argument(
-        "--freeze-backbone-batch-norm",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="fixed backbone BatchNorm (FrozenBN); default: on for the ADE20K R50 presets, as officially",
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--dataset", choices=["cityscapes", "ade20k", "hub"], default="cityscapes")
-    data.add_argument(
-        "--data-root", required=True, help="dataset root folder, or a Hub id / parquet path (--dataset hub)"
-    )
-    data.add_argument("--task", choices=["semantic", "instance", "panoptic"], default="semantic")
-    data.add_argument(
-        "--column-mapping", help='JSON renaming dataset columns (--dataset hub), e.g. \'{"annotation": "semantic"}\''
-    )
-    data.add_argument("--train-split", default="train")
-    data.add_argument("--eval-split", default="val")
-    data.add_argument(
-        "--augmentation",
-        choices=["cityscapes", "ade20k"],
-        help="official augmentation recipe (default: the dataset's; ADE20K's square crops for other datasets)",
-    )
-    data.add_argument("--scale", type=float, default=1.0, help="scale of the recipe's resize/crop sizes")
-    data.add_argument(
-        "--reduce-labels",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="semantic maps with 0 = 'other' (ADE20K): 0 -> ignore, c -> c - 1 (default: the processor's setting)",
-    )
-    data.add_argument("--test-size", type=int, nargs=2, metavar=("SHORT", "MAX"), help="evaluation resize")
-    data.add_argument("--num-workers", type=int, default=0)
-    optim = parser.add_argument_group("optimisation (defaults: the preset's official recipe)")
-    optim.add_argument("--max-steps", type=int)
-    optim.add_argument("--learning-rate", type=float)
-    optim.add_argument("--batch-size", type=int, default=2, help="per process (official: 32 in total)")
-    optim.add_argument("--gradient-accumulation-steps", type=int, default=1)
-    optim.add_argument("--weight-decay", type=float, default=0.05)
-    optim.add_argument("--backbone-lr-multiplier", type=float, default=0.1)
-    optim.add_argument("--clip-grad-norm", type=float, default=0.01, help="full-model gradient clipping (0: off)")
-    optim.add_argument("--warmup-steps", type=int, default=0)
-    optim.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None)
-    optim.add_argument("--seed", type=int, default=0)
-    run = parser.add_argument_group("run")
-    run.add_argument("--output-dir", required=True)
-    run.add_argument("--save-every", type=int, default=1000)
-    run.add_argument("--keep-checkpoints", type=int, default=2)
-    run.add_argument("--eval-every", type=int, default=5000)
-    run.add_argument("--resume", nargs="?", const="latest", help="resume from the latest checkpoint or a given one")
-    run.add_argument("--report-to", default=None, help="accelerate tracker, e.g. tensorboard")
-    add_allocator_argument(run)
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    apply_allocator_argument(args)
-    if args.preset and args.preset not in PEMConfig.presets():
-        raise SystemExit(f"Unknown preset {args.preset!r}; choose one of: {', '.join(PEMConfig.presets())}.")
-    final = train(args)
-    print(json.dumps({k: v for k, v in final.items() if k != "last_losses"}, indent=1))
-
-
-if __name__ == "__main__":
-    main()
-
-__all__ = ["TrainingRecipe", "build_optimizer", "build_scheduler", "official_recipe", "train"]
+__all__ = ["TrainingConfig", "build_optimizer", "build_scheduler", "train"]

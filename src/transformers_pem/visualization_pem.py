@@ -12,7 +12,7 @@ from .labels_pem import DATASET_LABELS
 
 # Official dataset colours, indexed by class: "cityscapes" (19 train ids) and "ade20k" (150 classes).
 PALETTES: dict[str, list[tuple[int, int, int]]] = {
-    dataset: [label[1] for label in labels] for dataset, labels in DATASET_LABELS.items()
+    dataset: [label.color for label in labels] for dataset, labels in DATASET_LABELS.items()
 }
 
 _SHADE_STEPS = (0.0, 0.4, -0.35, 0.65, -0.55)

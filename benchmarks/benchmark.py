@@ -15,7 +15,7 @@ ratios to Mask2Former compare runs made under the same machine load. Measured:
   everything the step allocates (tensors, oneDNN scratch space, allocator overhead) and nothing that an earlier model
   left in the allocator. `tracemalloc` would miss PyTorch's allocations. On CUDA: `torch.cuda.max_memory_allocated`.
 
-Command line: `python -m transformers_pem.benchmark --output-dir benchmark_results` (see `--help`). It first tunes
+Command line: `python scripts/benchmark.py --output-dir benchmark_results` (see `--help`). It first tunes
 glibc's allocator (`tune_glibc_malloc()`; `--allocator default` leaves it alone): with the defaults, how often a model
 page-faults depends on what ran before it in the process, which moved Mask2Former-R50's time by 40 % between runs.
 """
@@ -53,16 +53,16 @@ from transformers import (
     ResNetConfig,
 )
 
-from .allocator_pem import add_allocator_argument, apply_allocator_argument, glibc_malloc_tuned
-from .configuration_pem import PEMConfig
-from .evaluation_pem import PRECISIONS, precision_autocast
-from .image_processing_pem import PEMImageProcessor
-from .modeling_pem import PEMForUniversalSegmentation, PEMModulatedDeformConv
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem.commands import add_allocator_argument, apply_allocator_argument
+from transformers_pem.inference_pem import PRECISIONS, glibc_malloc_tuned, precision_autocast
+from transformers_pem.labels_pem import DATASET_LABELS
+from transformers_pem.modeling_pem import PEMModulatedDeformConv
 
 REFERENCE_MODEL = "mask2former-r50"
 RESNET_STAGES = ["stage1", "stage2", "stage3", "stage4"]
-# Class counts of the official presets.
-PRESET_DATASETS = {19: "cityscapes", 150: "ade20k"}
+# The dataset of each class count of the official presets.
+DATASET_OF_NUM_LABELS = {len(labels): dataset for dataset, labels in DATASET_LABELS.items()}
 DEFAULT_SIZES = ("512x1024:19", "1024x2048:19", "512x512:150")
 DEFAULT_TRAIN_SIZES = ("512x1024:19",)
 # Module names (the same in PEMForUniversalSegmentation and Mask2FormerForUniversalSegmentation) of each component.
@@ -125,15 +125,15 @@ class ModelSpec:
 def pem_config(backbone: str, num_labels: int) -> PEMConfig:
     """The official semantic preset of `backbone` ("r50", "stdc1", "stdc2") for Cityscapes (19 classes) or ADE20K
     (150 classes); for another class count, the Cityscapes preset with generic labels."""
-    if num_labels in PRESET_DATASETS:
-        return PEMConfig.from_preset(f"pem-{backbone}-{PRESET_DATASETS[num_labels]}-semantic")
+    if num_labels in DATASET_OF_NUM_LABELS:
+        return PEMConfig.from_preset(f"pem-{backbone}-{DATASET_OF_NUM_LABELS[num_labels]}-semantic")
     labels = {index: f"class_{index}" for index in range(num_labels)}
     return PEMConfig.from_preset(f"pem-{backbone}-cityscapes-semantic", id2label=labels, thing_ids=None)
 
 
 def pem_processor(backbone: str, num_labels: int) -> PEMImageProcessor:
-    if num_labels in PRESET_DATASETS:
-        return PEMImageProcessor.from_preset(f"pem-{backbone}-{PRESET_DATASETS[num_labels]}-semantic")
+    if num_labels in DATASET_OF_NUM_LABELS:
+        return PEMImageProcessor.from_preset(f"pem-{backbone}-{DATASET_OF_NUM_LABELS[num_labels]}-semantic")
     return PEMImageProcessor()
 
 
@@ -966,7 +966,7 @@ def format_markdown(results: dict[str, Any]) -> str:
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m transformers_pem.benchmark",
+        prog="python scripts/benchmark.py",
         description="Benchmark PEM against transformers' Mask2Former-R50: latency, training steps, GMACs, memory.",
     )
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS), help="Models to run.")

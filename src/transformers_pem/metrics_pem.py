@@ -18,12 +18,15 @@ import io
 import warnings
 from collections import Counter
 
-import datasets
-import evaluate
 import numpy as np
-from pycocotools import mask as mask_utils
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+from .utils_pem import require
+
+evaluate = require("evaluate", "eval", "Computing the PEM metrics")
+datasets = require("datasets", "eval", "Computing the PEM metrics")
+mask_utils = require("pycocotools.mask", "eval", "Computing the PEM metrics")
+COCO = require("pycocotools.coco", "eval", "Computing the PEM metrics").COCO
+COCOeval = require("pycocotools.cocoeval", "eval", "Computing the PEM metrics").COCOeval
 
 _SEGMENTS_FORMAT = """
     Panoptic and instance inputs are dicts:
