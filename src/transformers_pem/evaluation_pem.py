@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets_pem import check_task, panoptic_reference, semantic_reference
-from .inference_pem import _eval_mode, _Predictor
+from .inference_pem import eval_mode, Predictor
 from .labels_pem import dataset_for
 from .metrics_pem import MaskAP, MeanIoU, PanopticQuality
 from .submission_pem import PredictionExporter
@@ -159,7 +159,7 @@ def evaluate_model(
             "Test-time augmentation and sliding windows apply to semantic predictions only (as the official TTA), "
             "and the instance task evaluates none: drop scales/flip/sliding_window."
         )
-    predictor = _Predictor(
+    predictor = Predictor(
         model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, precision
     )
     id2label = {i: str(model.config.id2label[i]) for i in range(predictor.num_labels)}
@@ -175,7 +175,7 @@ def evaluate_model(
     scores = _DatasetScores(task, id2label, predictor.thing_ids, ignore_index, exporter)
     examples = _EvaluationExamples(dataset, task, ignore_index, reduce_labels)
     loader = torch.utils.data.DataLoader(examples, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         with tqdm(total=len(dataset), unit="img", desc=f"Evaluating ({task})", disable=not progress) as bar:
             for items in loader:
                 predictions = predictor([item["image"] for item in items], return_scores=False)

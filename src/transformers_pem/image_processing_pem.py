@@ -63,6 +63,15 @@ def get_resize_output_size(
     return max(1, int(new_height + 0.5)), max(1, int(new_width + 0.5))
 
 
+def official_resize_size(image_size: tuple[int, int], size: SizeDict) -> SizeDict:
+    """The output size of the processors' resize: the official rule (`get_resize_output_size`) for `shortest_edge` /
+    `longest_edge` sizes, else `size` itself."""
+    if not size.shortest_edge:
+        return size
+    height, width = get_resize_output_size(*image_size, size.shortest_edge, size.longest_edge)
+    return SizeDict(height=height, width=width)
+
+
 def prepare_image_dtype(image: ImageInput) -> ImageInput:
     """
     Bring an image to a dtype the resize/normalise steps expect (uint8 or float in the 0-255 range), or raise a clear
@@ -298,7 +307,12 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
                         f"Segmentation map {index} has size {tuple(segmentation_map.shape)} but its image has size "
                         f"{tuple(image.shape[-2:])}."
                     )
-        return self._preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+        return self._preprocess(
+            images,
+            segmentation_maps=segmentation_maps,
+            instance_id_to_semantic_id=instance_id_to_semantic_id,
+            **kwargs,
+        )
 
     @staticmethod
     def _get_padded_size(
@@ -360,7 +374,8 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
         ignore_index: int | None,
         do_reduce_labels: bool,
         return_tensors: str | TensorType | None,
-        **pad_kwargs,
+        pad_kwargs: dict | None = None,
+        **kwargs,
     ) -> BatchFeature:
         """The end of both backends' `_preprocess`: pad the resized, normalised images to a common size, and build the
         targets of the segmentation maps at that size."""
@@ -371,7 +386,7 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
             processed_images,
             pad_size=SizeDict(height=padded_size[0], width=padded_size[1]),
             return_mask=True,
-            **pad_kwargs,
+            **(pad_kwargs or {}),
         )
         encoded_inputs = BatchFeature(
             data={"pixel_values": padded_images, "pixel_mask": pixel_mask}, tensor_type=return_tensors
@@ -417,16 +432,11 @@ class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
         **kwargs,
     ) -> torch.Tensor:
         """Resize with the official rule for `shortest_edge` / `longest_edge` sizes, else as the backend does."""
-        if size.shortest_edge:
-            height, width = get_resize_output_size(*image.shape[-2:], size.shortest_edge, size.longest_edge)
-            size = SizeDict(height=height, width=width)
-        return super().resize(image, size, resample=resample, **kwargs)
+        return super().resize(image, official_resize_size(image.shape[-2:], size), resample=resample, **kwargs)
 
     def _preprocess(
         self,
         images: list[torch.Tensor],
-        segmentation_maps: list[torch.Tensor] | None,
-        instance_id_to_semantic_id: list[dict[int, int] | None] | None,
         do_resize: bool,
         size: SizeDict,
         resample: "PILImageResampling | tvF.InterpolationMode | None",
@@ -435,13 +445,7 @@ class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
         do_normalize: bool,
         image_mean: float | list[float],
         image_std: float | list[float],
-        do_pad: bool,
-        pad_size: SizeDict | None,
-        size_divisor: int | None,
-        ignore_index: int | None,
-        do_reduce_labels: bool,
         disable_grouping: bool | None,
-        return_tensors: str | TensorType | None,
         **kwargs,
     ) -> BatchFeature:
         grouped_images, grouped_images_index = group_images_by_shape(images, disable_grouping=disable_grouping)
@@ -453,19 +457,8 @@ class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
                 stacked_images, do_rescale, rescale_factor, do_normalize, image_mean, image_std
             )
         processed_images = reorder_images(processed_images_grouped, grouped_images_index)
-
         return self._pad_and_encode(
-            processed_images,
-            segmentation_maps,
-            instance_id_to_semantic_id,
-            do_pad,
-            pad_size,
-            size_divisor,
-            ignore_index,
-            do_reduce_labels,
-            return_tensors,
-            fill_value=0,
-            disable_grouping=disable_grouping,
+            processed_images, pad_kwargs={"fill_value": 0, "disable_grouping": disable_grouping}, **kwargs
         )
 
 

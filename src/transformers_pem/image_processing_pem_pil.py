@@ -1,13 +1,11 @@
 """Image processor for PEM with the PIL/numpy backend."""
 
 import numpy as np
-import torch
 from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
-from transformers.utils import TensorType
 
-from .image_processing_pem import PEMImageProcessorMixin, get_resize_output_size
+from .image_processing_pem import PEMImageProcessorMixin, official_resize_size
 
 
 class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
@@ -24,16 +22,11 @@ class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
         if image.dtype.kind == "f" and image.max() > 1:
             # PIL resizes 8-bit data, and the backend only converts floats in [0, 1]: quantise 0-255 floats here.
             image = np.clip(np.round(image), 0, 255).astype(np.uint8)
-        if size.shortest_edge:
-            height, width = get_resize_output_size(*image.shape[-2:], size.shortest_edge, size.longest_edge)
-            size = SizeDict(height=height, width=width)
-        return super().resize(image, size, resample=resample, **kwargs)
+        return super().resize(image, official_resize_size(image.shape[-2:], size), resample=resample, **kwargs)
 
     def _preprocess(
         self,
         images: list[np.ndarray],
-        segmentation_maps: list[torch.Tensor] | None,
-        instance_id_to_semantic_id: list[dict[int, int] | None] | None,
         do_resize: bool,
         size: SizeDict,
         resample: PILImageResampling | None,
@@ -42,12 +35,6 @@ class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
         do_normalize: bool,
         image_mean: float | list[float],
         image_std: float | list[float],
-        do_pad: bool,
-        pad_size: SizeDict | None,
-        size_divisor: int | None,
-        ignore_index: int | None,
-        do_reduce_labels: bool,
-        return_tensors: str | TensorType | None,
         **kwargs,
     ) -> BatchFeature:
         processed_images = []
@@ -59,18 +46,7 @@ class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
             if do_normalize:
                 image = self.normalize(image, image_mean, image_std)
             processed_images.append(image)
-
-        return self._pad_and_encode(
-            processed_images,
-            segmentation_maps,
-            instance_id_to_semantic_id,
-            do_pad,
-            pad_size,
-            size_divisor,
-            ignore_index,
-            do_reduce_labels,
-            return_tensors,
-        )
+        return self._pad_and_encode(processed_images, **kwargs)
 
 
 __all__ = ["PEMImageProcessorPil"]

@@ -72,9 +72,8 @@ def tune_glibc_malloc() -> bool:
     MALLOC_TRIM_THRESHOLD_=2147483647`.
 
     PyTorch allocates every feature map anew. By default glibc maps blocks of 32 MiB and more fresh from the system
-    and returns freed memory, so every forward pass writes to new pages and page-faults on each of them: in a fresh
-    process PEM-STDC1 at 1024x2048 takes ~420,000 page faults and 1.09 s per forward pass, and none and 0.74 s after
-    this call. The setting is process-wide and the process keeps its peak memory (reused, not returned), so call it at
+    and returns freed memory, so every forward pass writes to new pages and page-faults on each of them (the README's
+    Speed section has the measured effect). The setting is process-wide and the process keeps its peak memory (reused, not returned), so call it at
     the start of an inference or training process; the training, evaluation and benchmark scripts do. Returns whether
     it was applied: False, with nothing changed, where the C library is not glibc."""
     global _tuned
@@ -105,7 +104,8 @@ def official_crop_size(dataset: str, task: str) -> tuple[int, int]:
 
 
 @contextlib.contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """Run the block with `model` in eval mode, then put it back in its previous mode."""
     was_training = model.training
     model.eval()
     try:
@@ -135,8 +135,9 @@ def _padded(size: tuple[int, int]) -> tuple[int, int]:
     return math.ceil(size[0] / SIZE_DIVISOR) * SIZE_DIVISOR, math.ceil(size[1] / SIZE_DIVISOR) * SIZE_DIVISOR
 
 
-class _Predictor:
-    """Holds the inference settings of [`predict`] and runs them on one list of images."""
+class Predictor:
+    """The inference settings of [`predict`] (validated once), run on one list of images at a time; also what
+    [`evaluate_model`] predicts with."""
 
     def __init__(
         self,
@@ -402,8 +403,8 @@ def predict(
         `panoptic` (the processor's `{"segmentation", "segments_info"}`), for the instance task `instance` (the
         processor's output with `(num_instances, height, width)` boolean masks).
     """
-    predictor = _Predictor(
+    predictor = Predictor(
         model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, precision
     )
-    with _eval_mode(model), torch.inference_mode():
+    with eval_mode(model), torch.inference_mode():
         return predictor(list(images), return_scores)
