@@ -33,6 +33,7 @@ from benchmark import (  # noqa: E402
     run_benchmark,
     synthetic_targets,
 )
+
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor  # noqa: E402
 
 fvcore = pytest.importorskip("fvcore")

@@ -1,4 +1,4 @@
-"""Tests of the official-checkpoint converter (conversion_pem, checkpoint_io_pem, `python -m transformers_pem.convert`).
+"""Tests of the official-checkpoint converter (conversion_pem, checkpoint_io_pem, python -m transformers_pem.convert).
 
 Fixtures: tests/fixtures/convert (the official yaml configs and the key/shape manifests of the 12 official full-size
 models, see its README) and tests/fixtures/parity (official state dicts and outputs of tiny models, made by the
@@ -25,8 +25,7 @@ from safetensors.torch import load_file, save_file
 from tiny_configs import PARITY_HEAD
 from transformers import ResNetBackbone, ResNetConfig, ResNetForImageClassification, TimmBackboneConfig
 
-from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig
-from transformers_pem import conversion_pem
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig, conversion_pem
 from transformers_pem.checkpoint_io_pem import (
     check_state_dict,
     convert_official_state_dict,

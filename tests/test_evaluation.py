@@ -34,8 +34,8 @@ from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCConfig
 from transformers_pem.commands.evaluate import main
 from transformers_pem.datasets_pem import load_ade20k, load_cityscapes, load_evaluation_dataset, segment_ids_from_image
 from transformers_pem.evaluation_pem import evaluate_model, format_results_table
-from transformers_pem.inference_pem import official_crop_size, official_tta_settings, predict
 from transformers_pem.image_processing_pem import PEMImageProcessor
+from transformers_pem.inference_pem import official_crop_size, official_tta_settings, predict
 from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
 from transformers_pem.synthetic_pem import generate_ade20k, generate_cityscapes
 

@@ -10,9 +10,9 @@ import os
 import subprocess
 import sys
 import textwrap
-import tomllib
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -85,7 +85,8 @@ LEAN_SCRIPT = textwrap.dedent(
         PEMForUniversalSegmentation(config).save_pretrained(directory)
         processor.save_pretrained(directory)
         model = AutoModelForUniversalSegmentation.from_pretrained(directory)
-        segmenter = pipeline("image-segmentation", model=model, image_processor=AutoImageProcessor.from_pretrained(directory))
+        loaded_processor = AutoImageProcessor.from_pretrained(directory)
+        segmenter = pipeline("image-segmentation", model=model, image_processor=loaded_processor)
         masks = [segment["mask"].size for subtask in ("semantic", "panoptic", "instance")
                  for segment in segmenter(image, subtask=subtask, threshold=0.0)]
         report["presets"][name] = {{"num_labels": model.config.num_labels, "mask_sizes": sorted(set(masks))}}

@@ -37,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .datasets_pem import check_task, panoptic_reference, semantic_reference
-from .inference_pem import eval_mode, Predictor
+from .inference_pem import Predictor, eval_mode
 from .labels_pem import dataset_for
 from .metrics_pem import MaskAP, MeanIoU, PanopticQuality
 from .submission_pem import PredictionExporter

@@ -73,9 +73,10 @@ def tune_glibc_malloc() -> bool:
 
     PyTorch allocates every feature map anew. By default glibc maps blocks of 32 MiB and more fresh from the system
     and returns freed memory, so every forward pass writes to new pages and page-faults on each of them (the README's
-    Speed section has the measured effect). The setting is process-wide and the process keeps its peak memory (reused, not returned), so call it at
-    the start of an inference or training process; the training, evaluation and benchmark scripts do. Returns whether
-    it was applied: False, with nothing changed, where the C library is not glibc."""
+    Speed section has the measured effect). The setting is process-wide and the process keeps its peak memory
+    (reused, not returned), so call it at the start of an inference or training process; the training, evaluation
+    and benchmark scripts do. Returns whether it was applied: False, with nothing changed, where the C library is not
+    glibc."""
     global _tuned
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
