@@ -24,7 +24,7 @@ from transformers.utils import TensorType
 
 from .configuration_pem import SIZE_DIVISOR
 from .post_processing_pem import PEMPostProcessingMixin, inference_settings
-from .presets_pem import get_preset
+from .presets_pem import get_preset, get_protocol
 
 
 class PEMImageProcessorKwargs(ImagesKwargs, total=False):
@@ -214,7 +214,7 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
     resample = PILImageResampling.BILINEAR
     image_mean = IMAGENET_DEFAULT_MEAN  # = official PIXEL_MEAN / 255
     image_std = IMAGENET_DEFAULT_STD  # = official PIXEL_STD / 255
-    size = {"shortest_edge": 1024, "longest_edge": 2048}  # Cityscapes test size
+    size = dict(zip(("shortest_edge", "longest_edge"), get_protocol("cityscapes", "semantic").test_size))
     default_to_square = False
     do_resize = True
     do_rescale = True
