@@ -43,7 +43,6 @@ from .presets_pem import TASKS, Protocol, get_preset
 from .utils_pem import require
 
 accelerate = require("accelerate", "train", "Training")
-Accelerator = accelerate.Accelerator
 accelerate_utils = require("accelerate.utils", "train", "Training")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
@@ -56,8 +55,8 @@ _FINE_TUNING_LEARNING_RATE = 1e-4
 
 @dataclass
 class TrainingConfig:
-    """What `train` runs. Optimisation settings left at `None` take the official recipe of `preset` (see
-    `presets_pem`: AdamW, cosine schedule; Cityscapes lr 7e-4 for 90k steps, ADE20K lr 4e-4 decaying to 1e-6)."""
+    """What `train` runs. Optimisation settings left at `None` take the official recipe of `preset` (AdamW, cosine
+    schedule; the numbers are the preset's `Protocol` in `presets_pem`), see `recipe()`."""
 
     output_dir: str | os.PathLike
     data_root: str | os.PathLike  # dataset root folder, or a Hub id / parquet path with dataset="hub"
@@ -83,7 +82,7 @@ class TrainingConfig:
     # Optimisation (None: the preset's official recipe)
     max_steps: int | None = None
     learning_rate: float | None = None
-    batch_size: int = 2  # per process (official: 32 in total)
+    batch_size: int = 2  # per process (the official recipe's `Protocol.batch_size` is the total over all processes)
     gradient_accumulation_steps: int = 1
     weight_decay: float | None = None
     backbone_lr_multiplier: float | None = None

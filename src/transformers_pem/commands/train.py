@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     optim = parser.add_argument_group("optimisation (defaults: the preset's official recipe)")
     optim.add_argument("--max-steps", type=int)
     optim.add_argument("--learning-rate", type=float)
-    optim.add_argument("--batch-size", type=int, help="per process (official: 32 in total)")
+    optim.add_argument("--batch-size", type=int, help="per process (the official recipe's is the total)")
     optim.add_argument("--gradient-accumulation-steps", type=int)
     optim.add_argument("--weight-decay", type=float)
     optim.add_argument("--backbone-lr-multiplier", type=float)
