@@ -13,7 +13,13 @@ import PIL.Image
 import pytest
 import torch
 from tiny_configs import TINY_DECODER
-from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, ResNetConfig, pipeline
+from transformers import (
+    AutoImageProcessor,
+    AutoModelForUniversalSegmentation,
+    ResNetConfig,
+    TimmBackboneConfig,
+    pipeline,
+)
 from transformers.models.auto.modeling_auto import MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation
@@ -206,3 +212,76 @@ def test_inference_notebook_runs_offline(checkpoint, tmp_path, monkeypatch):
     assert not [output for output in outputs if output.output_type == "error"]
     images = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(images) >= 4  # the input image and three overlays
+
+
+BACKBONE_SCRIPT = textwrap.dedent(
+    """
+    import json, logging, sys
+    import numpy as np, PIL.Image, torch
+    from transformers import pipeline
+
+    errors = []
+    handler = logging.Handler()
+    handler.emit = lambda record: errors.append(record.getMessage()) if record.levelno >= logging.ERROR else None
+    logging.getLogger("transformers").addHandler(handler)
+    image = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    segmenter = pipeline("image-segmentation", model=sys.argv[1], trust_remote_code=True)
+    inputs = segmenter.image_processor(image, return_tensors="pt")
+    with torch.no_grad():
+        logits = segmenter.model(**inputs).class_queries_logits
+    print(json.dumps({
+        "backbone": type(segmenter.model.model.pixel_level_module.encoder).__name__,
+        "model_module": type(segmenter.model).__module__,
+        "logits": logits.tolist(),
+        "num_segments": len(segmenter(image, subtask="semantic")),
+        "errors": errors,
+        "imported_transformers_pem": "transformers_pem" in sys.modules,
+    }))
+    """
+)
+
+
+def backbone_model(backbone: str) -> PEMForUniversalSegmentation:
+    """A model of a preset's backbone (full size) or a timm backbone, with the tiny decoder."""
+    torch.manual_seed(0)
+    if backbone == "timm":
+        timm_backbone = TimmBackboneConfig(backbone="resnet18", out_indices=[1, 2, 3, 4], num_channels=3)
+        config = PEMConfig(backbone_config=timm_backbone, **TINY_DECODER, id2label=ID2LABEL)
+    else:
+        config = PEMConfig.from_preset(f"pem-{backbone}-cityscapes-panoptic", **TINY_DECODER)
+    return PEMForUniversalSegmentation(config).eval()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "encoder"),
+    [("r50", "ResNetBackbone"), ("stdc1", "STDCBackbone"), ("stdc2", "STDCBackbone"), ("timm", "TimmBackbone")],
+)
+def test_trust_remote_code_loads_every_backbone(backbone, encoder, tmp_path):
+    """Every backbone we support loads from the checkpoint's own code in a process that never imports
+    transformers_pem, through the pipeline, with no error logged, and computes what the saved model computes."""
+    model = backbone_model(backbone)
+    processor = PEMImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, thing_ids=model.config.thing_ids)
+    directory = tmp_path / "checkpoint"
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    completed = subprocess.run(
+        [sys.executable, "-c", BACKBONE_SCRIPT, str(directory)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    assert not result["imported_transformers_pem"]
+    assert result["backbone"] == encoder and result["model_module"].startswith("transformers_modules.")
+    assert result["errors"] == []
+    assert result["num_segments"] >= 1
+    inputs = processor(IMAGE, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**inputs).class_queries_logits
+    torch.testing.assert_close(torch.tensor(result["logits"]), logits, atol=1e-5, rtol=0)

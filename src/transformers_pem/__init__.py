@@ -15,7 +15,6 @@ from transformers import (
     AutoModelForSemanticSegmentation,
     AutoModelForUniversalSegmentation,
 )
-from transformers.models.auto import modeling_auto
 
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
@@ -39,10 +38,6 @@ AutoModelForSemanticSegmentation.register(PEMConfig, PEMForUniversalSegmentation
 AutoImageProcessor.register(
     PEMConfig, image_processor_classes={"torchvision": PEMImageProcessor, "pil": PEMImageProcessorPil}, exist_ok=True
 )
-# The image-segmentation pipeline checks the model class against transformers' static name tables only (not the
-# registrations above) and logs an error for any other class. Listed there, PEM passes; the lazy Auto mappings never
-# import a model type that is missing from transformers' own config table, so nothing else reads the entry.
-modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES.setdefault("pem", "PEMForUniversalSegmentation")
 # Saved checkpoints carry the module files and an `auto_map`, so they load with trust_remote_code=True in processes
 # that never imported transformers_pem (PEMPreTrainedModel.save_pretrained adds the other Auto classes).
 PEMConfig.register_for_auto_class()

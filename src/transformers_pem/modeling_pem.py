@@ -8,6 +8,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.models.auto import modeling_auto
 from transformers.models.resnet.modeling_resnet import (
     ResNetConvLayer,
     ResNetShortCut,
@@ -104,6 +105,12 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
     transformer_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
     pixel_mask: torch.LongTensor | None = None
 
+
+# The image-segmentation pipeline checks the model class against transformers' static name tables only (not the Auto
+# registrations) and logs an error for any other class. Listed there, PEM passes, also under trust_remote_code (this
+# module is then the checkpoint's own copy); the lazy Auto mappings never import a model type that is missing from
+# transformers' own config table, so nothing else reads the entry.
+modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES.setdefault("pem", "PEMForUniversalSegmentation")
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Models

@@ -196,9 +196,14 @@ class PEMPixelLevelModule(nn.Module):
 
     def __init__(self, config: PEMConfig):
         super().__init__()
-        # STDC is built directly: under trust_remote_code it is not registered with AutoBackbone.
-        if isinstance(config.backbone_config, STDCConfig):
-            self.encoder = STDCBackbone(config.backbone_config)
+        backbone_config = config.backbone_config
+        # STDC is built directly: under trust_remote_code it is not registered with AutoBackbone. Its config may then
+        # be an instance of another copy of STDCConfig (transformers loads the config's and the model's code files into
+        # different module folders), so it is recognised by its model type.
+        if backbone_config.model_type == STDCConfig.model_type:
+            if not isinstance(backbone_config, STDCConfig):
+                backbone_config = STDCConfig.from_dict(backbone_config.to_dict())
+            self.encoder = STDCBackbone(backbone_config)
         else:
             self.encoder = load_backbone(config)
             # transformers' ResNet applies its ReLUs out of place; in place (as in torchvision's ResNet, and safe: each
