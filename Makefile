@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test lint benchmark clean
+.PHONY: demo test test-oldest lint benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ test: $(STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m pytest tests
 
+# The Auto classes, pipeline and trust_remote_code tests against the oldest transformers the package declares.
+OLDEST := .venv-oldest
+test-oldest:
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install -q -e ".[dev]" "transformers==5.23.*"
+	$(OLDEST)/bin/python -m pytest tests/test_pipeline.py tests/test_install.py
+
 lint: $(STAMP)
 	$(PY) -m ruff check src tests scripts benchmarks
 	$(PY) -m ruff format --check src tests scripts benchmarks
@@ -30,4 +37,4 @@ benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info
+	rm -rf $(VENV) $(OLDEST) build *.egg-info src/*.egg-info

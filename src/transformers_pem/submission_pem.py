@@ -11,8 +11,6 @@ import PIL.Image
 from .labels_pem import DATASET_LABELS
 from .utils_pem import require
 
-mask_utils = require("pycocotools.mask", "eval", "Exporting instance predictions")
-
 
 class PredictionExporter:
     """
@@ -108,6 +106,7 @@ class PredictionExporter:
         )
 
     def add_instance(self, image_id: str, masks: np.ndarray, segments_info: list[dict]) -> None:
+        mask_utils = require("pycocotools.mask", "eval", "Exporting instance predictions (COCO RLE)")
         self.instances = self.instances if self.instances is not None else []
         for mask, segment in zip(masks, segments_info):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))

@@ -1,0 +1,108 @@
+"""`pem`, the transformers-pem command line: `pem predict`, and the training, evaluation, conversion and benchmark
+command lines as subcommands (`pem train --help`, ...). Exit codes: 0 done, 1 an error (one line on stderr), 2 bad
+arguments."""
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from . import add_allocator_argument, apply_allocator_argument
+
+# Subcommands that are the package's other command lines: (module of their `main(argv)`, one-line help).
+DELEGATED = {
+    "train": ("transformers_pem.commands.train", "fine-tune PEM with accelerate (official recipe by default)"),
+    "evaluate": ("transformers_pem.commands.evaluate", "the paper's metrics of a checkpoint on a dataset"),
+    "convert": ("transformers_pem.commands.convert", "convert an official detectron2 checkpoint"),
+    "benchmark": (None, "latency, GMACs and memory against Mask2Former (from a clone of the repository)"),
+}
+
+EXAMPLES = """examples:
+  pem predict street.jpg --model pem-stdc1-cityscapes-panoptic
+  pem predict "frames/*.png" --model DIR --task semantic --out predictions --batch-size 4
+  pem predict drive.mp4 --model DIR --task instance
+  pem train --preset pem-stdc1-cityscapes-panoptic --task panoptic --data-root data/cityscapes --output-dir runs/stdc1
+  pem evaluate runs/stdc1/final --dataset cityscapes --data-root data/cityscapes --task panoptic
+  pem convert --checkpoint model_final.pth --config pem_STDC1_bs32_90k.yaml --output-dir pem-stdc1
+  accelerate launch -m transformers_pem.commands.train ...   (several processes)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pem",
+        description="PEM (Prototype-based Efficient MaskFormer) segmentation: predict, train, evaluate, convert.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    predict = subcommands.add_parser(
+        "predict",
+        help="segment images, folders, glob patterns or videos; write overlays, label PNGs and segment JSON",
+        description="Segment every image (or video frame) of SOURCE and write overlays/, segments/ and the official "
+        "label files (semantic/, panoptic/ + panoptic.json, or instances.json) under --out.",
+    )
+    predict.add_argument("source", metavar="SOURCE", help="an image, a video, a folder or a quoted glob pattern")
+    predict.add_argument("--model", required=True, help="a saved PEM checkpoint directory")
+    predict.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
+    predict.add_argument("--out", default="pem_predictions", help="output folder (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_allocator_argument(predict)
+    for name, (_, help_text) in DELEGATED.items():
+        subcommands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..media_pem import segment_files
+
+    apply_allocator_argument(args)
+    summary = segment_files(
+        args.model,
+        args.source,
+        args.out,
+        task=args.task,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"Segmented {len(summary.segmented)} images into {summary.output_dir}.")
+    if summary.skipped:
+        print(f"Skipped {len(summary.skipped)} unreadable files (see the warnings above).", file=sys.stderr)
+    if not summary.segmented:
+        raise ValueError("no readable image was found")
+    return 0
+
+
+def run_delegated(name: str, argv: list[str]) -> None:
+    module_name = DELEGATED[name][0]
+    if module_name is None:  # the benchmark is tooling outside the package, beside its results
+        benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
+        if not (benchmarks / "benchmark.py").is_file():
+            raise ValueError(
+                "pem benchmark runs from a clone of the transformers-pem repository (benchmarks/benchmark.py)."
+            )
+        sys.path.insert(0, str(benchmarks))
+        module_name = "benchmark"
+    importlib.import_module(module_name).main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pem` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
+    command = argv[0] if argv else None
+    try:
+        if command in DELEGATED:
+            run_delegated(command, argv[1:])
+            return 0
+        return run_predict(build_parser().parse_args(argv))
+    except (ValueError, ImportError, OSError) as error:
+        print(f"pem {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
