@@ -77,6 +77,13 @@ def test_full_stdc_model_matches_official(case, layers):
         [a["masks_queries_logits"] for a in auxiliary] + [outputs.masks_queries_logits],
     )
     check_prototype_indices(case, decoder.prototype_indices)
+    # The model returns them on request, on the training and the inference path.
+    with torch.no_grad():
+        check_prototype_indices(case, model(pixel_values, output_prototype_indices=True).prototype_indices)
+        check_prototype_indices(
+            case, model(pixel_values, output_auxiliary_logits=True, output_prototype_indices=True).prototype_indices
+        )
+    assert outputs.prototype_indices is None
     # The inference path (no auxiliary predictions; attention masks from resized mask features) is exact too.
     with torch.no_grad():
         fast = model(pixel_values)

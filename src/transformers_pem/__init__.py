@@ -24,7 +24,7 @@ from .inference_pem import official_crop_size, official_tta_settings, precision_
 from .modeling_pem import PEMForUniversalSegmentation, PEMModel, PEMPreTrainedModel
 from .modeling_stdc import STDCBackbone
 from .presets_pem import PRESETS, get_preset
-from .visualization_pem import draw_segmentation
+from .visualization_pem import draw_prototypes, draw_segmentation
 
 __version__ = "0.1.0"
 
@@ -82,6 +82,7 @@ __all__ = [
     "PEMPreTrainedModel",
     "STDCBackbone",
     "STDCConfig",
+    "draw_prototypes",
     "draw_segmentation",
     "get_preset",
     "official_crop_size",

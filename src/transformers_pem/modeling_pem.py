@@ -55,6 +55,11 @@ class PEMModelOutput(ModelOutput):
     masks_queries_logits (`tuple(torch.FloatTensor)`):
         Mask logits of every prediction, `decoder_layers + 1` tensors of shape
         `(batch_size, num_queries, height / 4, width / 4)`.
+    prototype_indices (`tuple(torch.LongTensor)`, *optional*):
+        The token each head of each query selected as its prototype in PEM-CA, per decoder layer: tensors of shape
+        `(batch_size, num_attention_heads, num_queries)`, indices into the flattened (row-major) pixel-decoder level
+        the layer attends to (layer `i`: stride `32 / 2 ** (i % 3)` of the padded input). Returned with
+        `output_prototype_indices=True`; `visualization_pem.prototype_locations` turns them into pixel positions.
     """
 
     encoder_last_hidden_state: torch.FloatTensor | None = None
@@ -65,6 +70,7 @@ class PEMModelOutput(ModelOutput):
     transformer_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
     transformer_decoder_intermediate_states: tuple[torch.FloatTensor] | None = None
     masks_queries_logits: tuple[torch.FloatTensor] | None = None
+    prototype_indices: tuple[torch.LongTensor] | None = None
 
 
 @dataclass
@@ -87,6 +93,8 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
         See [`PEMModelOutput`].
     encoder_hidden_states, pixel_decoder_hidden_states, transformer_decoder_hidden_states (*optional*):
         See [`PEMModelOutput`]; returned with `output_hidden_states=True`.
+    prototype_indices (`tuple(torch.LongTensor)`, *optional*):
+        See [`PEMModelOutput`]; returned with `output_prototype_indices=True`.
     pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
         The `pixel_mask` given to the forward (1 = image, 0 = padding), passed through so that post-processing can
         drop the padded area (the pipeline calls post-processing with the outputs only).
@@ -103,6 +111,7 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
     encoder_hidden_states: tuple[torch.FloatTensor] | None = None
     pixel_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
     transformer_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
+    prototype_indices: tuple[torch.LongTensor] | None = None
     pixel_mask: torch.LongTensor | None = None
 
 
@@ -216,6 +225,7 @@ class PEMModel(PEMPreTrainedModel):
         pixel_mask: Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_intermediate_masks: bool = True,
+        output_prototype_indices: bool = False,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PEMModelOutput | tuple:
@@ -228,6 +238,8 @@ class PEMModel(PEMPreTrainedModel):
         output_intermediate_masks (`bool`, *optional*, defaults to `True`):
             Compute the full-resolution mask logits of every prediction. With `False`, `masks_queries_logits` holds
             only the final prediction, and the faster inference path is used (see [`PEMTransformerDecoder`]).
+        output_prototype_indices (`bool`, *optional*, defaults to `False`):
+            Return the prototype token each head of each query selected in every decoder layer.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
@@ -260,6 +272,7 @@ class PEMModel(PEMPreTrainedModel):
             transformer_decoder_hidden_states=decoder_outputs.hidden_states if output_hidden_states else None,
             transformer_decoder_intermediate_states=decoder_outputs.intermediate_states,
             masks_queries_logits=masks_queries_logits,
+            prototype_indices=decoder_outputs.prototype_indices if output_prototype_indices else None,
         )
         return output if return_dict else output.to_tuple()
 
@@ -341,6 +354,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         pixel_mask: Tensor | None = None,
         output_hidden_states: bool | None = None,
         output_auxiliary_logits: bool | None = None,
+        output_prototype_indices: bool = False,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PEMForUniversalSegmentationOutput | tuple:
@@ -356,6 +370,9 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             output for post-processing.
         output_auxiliary_logits (`bool`, *optional*):
             Return the predictions of the learnable queries and of every decoder layer but the last.
+        output_prototype_indices (`bool`, *optional*, defaults to `False`):
+            Return the prototype token each head of each query selected in every decoder layer (see
+            [`PEMModelOutput`]; `visualization_pem.draw_prototypes` draws them).
 
         Example:
 
@@ -384,6 +401,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             pixel_values,
             output_hidden_states=output_hidden_states,
             output_intermediate_masks=needs_auxiliary,
+            output_prototype_indices=output_prototype_indices,
             return_dict=True,
         )
         masks_logits = outputs.masks_queries_logits
@@ -420,6 +438,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             encoder_hidden_states=outputs.encoder_hidden_states,
             pixel_decoder_hidden_states=outputs.pixel_decoder_hidden_states,
             transformer_decoder_hidden_states=outputs.transformer_decoder_hidden_states,
+            prototype_indices=outputs.prototype_indices,
             pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()
