@@ -18,8 +18,14 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-test: $(STAMP)
-	$(PY) -m ruff check src tests scripts benchmarks
+# The web app's test drives Debian's headless Chromium (a browser download does not work offline).
+BROWSER := /usr/bin/chromedriver
+$(BROWSER):
+	command -v chromedriver >/dev/null || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
+
+test: $(STAMP) $(BROWSER)
+	$(PY) -m ruff check src tests scripts benchmarks app.py
 	$(PY) -m pytest tests
 
 # The Auto classes, pipeline and trust_remote_code tests against the oldest transformers the package declares.
@@ -30,8 +36,8 @@ test-oldest:
 	$(OLDEST)/bin/python -m pytest tests/test_pipeline.py tests/test_install.py
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests scripts benchmarks
-	$(PY) -m ruff format --check src tests scripts benchmarks
+	$(PY) -m ruff check src tests scripts benchmarks app.py
+	$(PY) -m ruff format --check src tests scripts benchmarks app.py
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py

@@ -22,6 +22,7 @@ EXAMPLES = """examples:
   pem predict street.jpg --model pem-stdc1-cityscapes-panoptic
   pem predict "frames/*.png" --model DIR --task semantic --out predictions --batch-size 4
   pem predict drive.mp4 --model DIR --task instance
+  pem app --model DIR   (then open http://127.0.0.1:7860)
   pem train --preset pem-stdc1-cityscapes-panoptic --task panoptic --data-root data/cityscapes --output-dir runs/stdc1
   pem evaluate runs/stdc1/final --dataset cityscapes --data-root data/cityscapes --task panoptic
   pem convert --checkpoint model_final.pth --config pem_STDC1_bs32_90k.yaml --output-dir pem-stdc1
@@ -50,6 +51,16 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_allocator_argument(predict)
+    app = subcommands.add_parser(
+        "app",
+        help="a web app (Gradio) for a checkpoint: upload an image, see the overlay, segments and prototypes",
+        description="Serve the Gradio app of a checkpoint (the same app as app.py on a Hugging Face Space).",
+    )
+    app.add_argument("--model", required=True, help="a saved PEM checkpoint directory")
+    app.add_argument("--examples", help="a folder of example images to offer")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    app.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    app.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     for name, (_, help_text) in DELEGATED.items():
         subcommands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -76,6 +87,17 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_app(args: argparse.Namespace) -> int:
+    from ..app_pem import build_app
+    from ..media_pem import IMAGE_SUFFIXES
+
+    examples = None
+    if args.examples:
+        examples = [str(p) for p in sorted(Path(args.examples).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    build_app(args.model, examples=examples, device=args.device).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
 def run_delegated(name: str, argv: list[str]) -> None:
     module_name = DELEGATED[name][0]
     if module_name is None:  # the benchmark is tooling outside the package, beside its results
@@ -98,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         if command in DELEGATED:
             run_delegated(command, argv[1:])
             return 0
-        return run_predict(build_parser().parse_args(argv))
+        args = build_parser().parse_args(argv)
+        return run_app(args) if args.command == "app" else run_predict(args)
     except (ValueError, ImportError, OSError) as error:
         print(f"pem {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
         return 1

@@ -1,0 +1,142 @@
+"""The web app in a real browser: `pem app` on 127.0.0.1, driven by headless Chromium (Debian's chromium and
+chromium-driver, which `make test` installs) through Selenium: upload an image, segment it, and find the overlay,
+the table of segments (the app's own computation, checked against the segmenter called directly) and the
+prototype view. With PEM_APP_SCREENSHOT=1 the screenshot goes to docs/app.png; PEM_APP_MODEL and PEM_APP_IMAGE replace
+the tiny model and random image (the README's screenshot is of the `make demo` checkpoint on a validation image)."""
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+from tiny_configs import TINY_DECODER
+
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem.app_pem import Segmenter
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_STDC = {"backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]}}
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", **TINY_STDC, **TINY_DECODER)
+    model = PEMForUniversalSegmentation(config).eval()
+    with torch.no_grad():  # confident road, car and person queries
+        bias = torch.full((20,), -4.0)
+        bias[[0, 13, 11]] = torch.tensor([6.0, 5.0, 4.0])
+        model.class_predictor.bias.copy_(bias)
+    processor = PEMImageProcessor.from_preset(
+        "pem-stdc1-cityscapes-panoptic",
+        model_config=config,
+        size={"shortest_edge": 96, "longest_edge": 192},
+        object_mask_threshold=0.2,
+        overlap_threshold=0.2,
+    )
+    directory = tmp_path_factory.mktemp("checkpoint")
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_for_server(url: str, server: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"the app exited: {server.stderr.read()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(1)
+    raise AssertionError(f"the app did not answer at {url} within {seconds} s")
+
+
+def chromium() -> webdriver.Chrome:
+    browser, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert browser and driver, "Debian's chromium and chromium-driver are needed (make test installs them)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = browser
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
+        options.add_argument(argument)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_app_in_a_real_browser(checkpoint, tmp_path):
+    checkpoint = Path(os.environ.get("PEM_APP_MODEL", checkpoint))
+    image_path = Path(os.environ.get("PEM_APP_IMAGE", tmp_path / "street.png"))
+    if "PEM_APP_IMAGE" not in os.environ:
+        PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (90, 150, 3), dtype=np.uint8)).save(image_path)
+    image = PIL.Image.open(image_path).convert("RGB")
+    expected_rows = Segmenter(checkpoint)(image, "panoptic")[1]
+    assert expected_rows  # the tiny model finds segments
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "transformers_pem.commands.cli", "app", f"--model={checkpoint}", f"--port={port}"],
+        cwd=tmp_path,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    driver = None
+    try:
+        wait_for_server(url, server)
+        driver = chromium()
+        driver.get(url)
+        wait = WebDriverWait(driver, 120)
+        upload = wait.until(
+            expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#pem-input input[type=file]"))
+        )
+        upload.send_keys(str(image_path))
+        wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#pem-input img")))
+        driver.find_element(By.ID, "pem-run").click()
+        overlay = wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#pem-overlay img")))
+        wait.until(
+            lambda _: len(driver.find_elements(By.CSS_SELECTOR, "#pem-segments tbody tr")) == len(expected_rows)
+        )
+        wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#pem-prototypes img")))
+        wait.until(expected_conditions.presence_of_element_located((By.CSS_SELECTOR, "#pem-labels a")))
+        assert overlay.get_attribute("src")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#pem-segments tbody tr")
+        shown = [
+            [cell.get_attribute("textContent").strip() for cell in row.find_elements(By.CSS_SELECTOR, "td")]
+            for row in rows
+        ]
+        assert [row[0] for row in shown] == [row[0] for row in expected_rows]
+        assert [int(row[2]) for row in shown] == [row[2] for row in expected_rows]
+        assert [float(row[1]) for row in shown] == [row[1] for row in expected_rows]
+        screenshot = tmp_path / "app.png"
+        driver.save_screenshot(str(screenshot))
+        assert PIL.Image.open(screenshot).size[0] >= 1000
+        if os.environ.get("PEM_APP_SCREENSHOT"):
+            (ROOT / "docs").mkdir(exist_ok=True)
+            shutil.copy(screenshot, ROOT / "docs" / "app.png")
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(timeout=30)
