@@ -3,6 +3,7 @@ overlay with its legend, a table of the segments, the label PNG to download and 
 DIR` serves it; `app.py` at the repository root is the same app for a Hugging Face Space.
 """
 
+import html
 import os
 import tempfile
 from pathlib import Path
@@ -70,6 +71,16 @@ class Segmenter:
         return overlay, rows, str(label_png), prototypes
 
 
+def segments_table(rows: list[list]) -> str:
+    """The segments as an HTML table (label, score, area)."""
+    header = "".join(f"<th>{html.escape(name)}</th>" for name in TABLE_HEADERS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape('' if value is None else str(value))}</td>" for value in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>"
+
+
 def _label_map(segmentation: np.ndarray, task: str) -> np.ndarray:
     """The label PNG of a result: class ids (semantic) or segment ids (panoptic / instance, 0 = none), 8 or 16 bit."""
     values = segmentation + 1 if task == "instance" else segmentation  # instance ids start at 0, -1 = background
@@ -83,7 +94,8 @@ def build_app(model: str | os.PathLike, examples: list[str] | None = None, devic
 
     def run(image, task):
         try:
-            return segmenter(image, task)
+            overlay, rows, label_png, prototypes = segmenter(image, task)
+            return overlay, segments_table(rows), label_png, prototypes
         except ValueError as error:
             raise gr.Error(str(error)) from None
 
@@ -101,7 +113,7 @@ def build_app(model: str | os.PathLike, examples: list[str] | None = None, devic
                     gr.Examples(examples=[[path] for path in examples], inputs=[image])
             with gr.Column():
                 overlay = gr.Image(type="pil", label="Segmentation", elem_id="pem-overlay", interactive=False)
-                table = gr.Dataframe(headers=TABLE_HEADERS, label="Segments", elem_id="pem-segments")
+                table = gr.HTML(label="Segments", elem_id="pem-segments")
                 label_png = gr.File(label="Label PNG", elem_id="pem-labels")
         prototypes = gr.Image(type="pil", label="Prototypes per decoder layer", elem_id="pem-prototypes")
         button.click(run, inputs=[image, task], outputs=[overlay, table, label_png, prototypes])
