@@ -16,40 +16,22 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
-import torch
 from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
-from tiny_configs import TINY_DECODER
+from tiny_configs import save_confident_cityscapes_checkpoint
 
-from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 from transformers_pem.app_pem import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_STDC = {"backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]}}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", **TINY_STDC, **TINY_DECODER)
-    model = PEMForUniversalSegmentation(config).eval()
-    with torch.no_grad():  # confident road, car and person queries
-        bias = torch.full((20,), -4.0)
-        bias[[0, 13, 11]] = torch.tensor([6.0, 5.0, 4.0])
-        model.class_predictor.bias.copy_(bias)
-    processor = PEMImageProcessor.from_preset(
-        "pem-stdc1-cityscapes-panoptic",
-        model_config=config,
-        size={"shortest_edge": 96, "longest_edge": 192},
-        object_mask_threshold=0.2,
-        overlap_threshold=0.2,
-    )
     directory = tmp_path_factory.mktemp("checkpoint")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    save_confident_cityscapes_checkpoint(directory, shortest_edge=96)
     return directory
 
 

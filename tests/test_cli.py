@@ -10,40 +10,20 @@ import av
 import numpy as np
 import PIL.Image
 import pytest
-import torch
-from tiny_configs import TINY_DECODER
+from tiny_configs import save_confident_cityscapes_checkpoint
 
-from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor, predict
+from transformers_pem import predict
 from transformers_pem.commands.cli import main
 from transformers_pem.datasets_pem import rgb_to_id
 from transformers_pem.labels_pem import CITYSCAPES_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_STDC = {"backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]}}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A tiny Cityscapes PEM with confident classes (road, car, person) and its processor."""
-    torch.manual_seed(0)
-    config = PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", **TINY_STDC, **TINY_DECODER)
-    model = PEMForUniversalSegmentation(config).eval()
-    with torch.no_grad():
-        bias = torch.full((20,), -4.0)
-        bias[[0, 13, 11]] = torch.tensor([6.0, 5.0, 4.0])
-        model.class_predictor.bias.copy_(bias)
-    # Low panoptic thresholds, so that the random masks give segments.
-    processor = PEMImageProcessor.from_preset(
-        "pem-stdc1-cityscapes-panoptic",
-        model_config=config,
-        size={"shortest_edge": 64, "longest_edge": 128},
-        object_mask_threshold=0.2,
-        overlap_threshold=0.2,
-    )
     directory = tmp_path_factory.mktemp("checkpoint")
-    model.save_pretrained(directory)
-    processor.save_pretrained(directory)
-    return directory, model, processor
+    return (directory, *save_confident_cityscapes_checkpoint(directory, shortest_edge=64))
 
 
 @pytest.fixture(scope="module")

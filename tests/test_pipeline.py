@@ -164,21 +164,28 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
 )
 
 
-def test_trust_remote_code_in_a_fresh_process(checkpoint, tmp_path):
-    """A process that never imports transformers_pem loads everything from the checkpoint's own code files."""
-    directory, model, processor = checkpoint
+def run_in_fresh_process(script: str, directory: Path, tmp_path: Path) -> dict:
+    """Run `script DIRECTORY` in a new process that never imports transformers_pem (another working directory, no
+    PYTHONPATH, its own modules cache) and return the JSON it prints last."""
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
     completed = subprocess.run(
-        [sys.executable, "-c", REMOTE_CODE_SCRIPT, str(directory)],
+        [sys.executable, "-c", script, str(directory)],
         cwd=tmp_path,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
+        stdin=subprocess.DEVNULL,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+def test_trust_remote_code_in_a_fresh_process(checkpoint, tmp_path):
+    """A process that never imports transformers_pem loads everything from the checkpoint's own code files."""
+    directory, model, processor = checkpoint
+    result = run_in_fresh_process(REMOTE_CODE_SCRIPT, directory, tmp_path)
     assert not result["imported_transformers_pem"]
     assert result["classes"] == [
         "PEMConfig",
@@ -264,19 +271,7 @@ def test_trust_remote_code_loads_every_backbone(backbone, encoder, tmp_path):
     directory = tmp_path / "checkpoint"
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
-    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
-    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
-    completed = subprocess.run(
-        [sys.executable, "-c", BACKBONE_SCRIPT, str(directory)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        stdin=subprocess.DEVNULL,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    result = json.loads(completed.stdout.strip().splitlines()[-1])
+    result = run_in_fresh_process(BACKBONE_SCRIPT, directory, tmp_path)
     assert not result["imported_transformers_pem"]
     assert result["backbone"] == encoder and result["model_module"].startswith("transformers_modules.")
     assert result["errors"] == []

@@ -7,7 +7,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny_configs import TINY_DECODER
+from tiny_configs import TINY_DECODER, TINY_STDC
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor, draw_prototypes
 from transformers_pem.visualization_pem import (
@@ -17,8 +17,6 @@ from transformers_pem.visualization_pem import (
     padded_input_size,
     prototype_locations,
 )
-
-TINY_STDC = {"backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]}}
 
 
 def test_prototype_locations_are_the_token_centres_of_each_layers_level():

@@ -1,4 +1,7 @@
-"""Model sizes shared by the tests (importable from test files: pytest puts `tests/` on the path)."""
+"""Model sizes and tiny checkpoints shared by the tests (importable from test files: pytest puts `tests/` on the
+path)."""
+
+from pathlib import Path
 
 # The head of the official-code reference fixtures (tests/fixtures/parity, README "Case 1"): CONVS_DIM 16, MASK_DIM 32,
 # HIDDEN_DIM 32, 10 queries, 4 heads, FFN 64.
@@ -20,3 +23,32 @@ TINY_DECODER = {
     "num_attention_heads": 4,
     "dim_feedforward": 32,
 }
+
+# A tiny STDC backbone (1 block per stage, 16 channels).
+TINY_STDC = {"backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]}}
+
+
+def save_confident_cityscapes_checkpoint(directory: Path, shortest_edge: int = 64):
+    """A tiny Cityscapes PEM whose queries are confident of road, car or person, saved with its processor (low
+    panoptic thresholds, so that its random masks give segments). Returns the model and the processor."""
+    import torch
+
+    from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+
+    torch.manual_seed(0)
+    config = PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", **TINY_STDC, **TINY_DECODER)
+    model = PEMForUniversalSegmentation(config).eval()
+    with torch.no_grad():
+        bias = torch.full((20,), -4.0)
+        bias[[0, 13, 11]] = torch.tensor([6.0, 5.0, 4.0])
+        model.class_predictor.bias.copy_(bias)
+    processor = PEMImageProcessor.from_preset(
+        "pem-stdc1-cityscapes-panoptic",
+        model_config=config,
+        size={"shortest_edge": shortest_edge, "longest_edge": 2 * shortest_edge},
+        object_mask_threshold=0.2,
+        overlap_threshold=0.2,
+    )
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return model, processor
