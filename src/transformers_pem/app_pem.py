@@ -22,15 +22,14 @@ TABLE_HEADERS = ["label", "score", "area (pixels)"]
 
 
 class Segmenter:
-    """A checkpoint on the fast inference path (BatchNorm folded, allocator tuned), and what the app shows of one
-    image: overlay, segment rows, label PNG, prototypes."""
+    """A checkpoint on the fast inference path (BatchNorm folded), and what the app shows of one image: overlay,
+    segment rows, label PNG, prototypes. `build_app` also tunes the process's allocator."""
 
     def __init__(self, model: str | os.PathLike, device: str = "cpu"):
         from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
         if not (Path(model) / "config.json").is_file():
             raise ValueError(f"{model} is not a saved PEM model (no config.json): pass a save_pretrained directory.")
-        tune_glibc_malloc()
         self.model = AutoModelForUniversalSegmentation.from_pretrained(model).to(device).eval().fold_batch_norm()
         self.processor = AutoImageProcessor.from_pretrained(model)
         self.id2label = {int(index): str(name) for index, name in self.model.config.id2label.items()}
@@ -90,6 +89,7 @@ def _label_map(segmentation: np.ndarray, task: str) -> np.ndarray:
 def build_app(model: str | os.PathLike, examples: list[str] | None = None, device: str = "cpu"):
     """The Gradio Blocks app of a checkpoint; `examples` are image paths offered below the upload."""
     gr = require("gradio", "app", "The web app")
+    tune_glibc_malloc()  # the serving process reuses the memory it frees (see `tune_glibc_malloc`)
     segmenter = Segmenter(model, device=device)
 
     def run(image, task):
