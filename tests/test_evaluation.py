@@ -173,6 +173,22 @@ def test_tta_with_one_scale_and_no_flip_equals_single_scale(tiny_model, task):
             assert single_prediction["panoptic"]["segments_info"] == tta_prediction["panoptic"]["segments_info"]
 
 
+@pytest.mark.parametrize("task", ["panoptic", "instance"])
+def test_without_the_semantic_output_the_task_output_is_unchanged(tiny_model, task):
+    """`return_semantic=False` skips the semantic work (and TTA, which applies to it only), not the task's output."""
+    processor = cityscapes_processor("panoptic", height=48)  # instance runs the panoptic models and settings
+    images = [rgb_image(0, 64, 128), rgb_image(1, 72, 100)]
+    full = predict(tiny_model, processor, images, task=task, batch_size=2)
+    lean = predict(tiny_model, processor, images, task=task, batch_size=2, scales=[40, 56], return_semantic=False)
+    for full_prediction, lean_prediction in zip(full, lean):
+        assert set(lean_prediction) == {task}
+        assert torch.equal(full_prediction[task]["segmentation"], lean_prediction[task]["segmentation"])
+        assert full_prediction[task]["segments_info"] == lean_prediction[task]["segments_info"]
+    assert set(predict(tiny_model, processor, images[:1], task="semantic", return_semantic=False)[0]) == {"semantic"}
+    with pytest.raises(ValueError, match="return_scores needs the semantic prediction"):
+        predict(tiny_model, processor, images, task=task, return_scores=True, return_semantic=False)
+
+
 def test_tta_averages_the_official_scores_over_scales_and_flips(tiny_model):
     processor = cityscapes_processor("semantic")
     image = rgb_image(2, 60, 90)

@@ -14,7 +14,8 @@ import torch
 
 from .inference_pem import tune_glibc_malloc
 from .labels_pem import dataset_for
-from .media_pem import TASKS, segments_record
+from .media_pem import segments_record
+from .presets_pem import TASKS
 from .utils_pem import require
 from .visualization_pem import draw_prototypes, draw_segmentation, kept_queries
 

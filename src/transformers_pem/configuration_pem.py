@@ -14,6 +14,11 @@ SIZE_DIVISOR = 32
 MASK_STRIDE = 4
 
 
+def padded_size(size: tuple[int, int]) -> tuple[int, int]:
+    """The size the model pads an input of `size` (height, width) to: the next multiples of `SIZE_DIVISOR`."""
+    return tuple(-(-length // SIZE_DIVISOR) * SIZE_DIVISOR for length in size)
+
+
 @strict
 class PEMConfig(PreTrainedConfig):
     r"""

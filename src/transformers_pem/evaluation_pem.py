@@ -160,7 +160,17 @@ def evaluate_model(
             "and the instance task evaluates none: drop scales/flip/sliding_window."
         )
     predictor = Predictor(
-        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, precision
+        model,
+        processor,
+        task,
+        scales,
+        max_size,
+        flip,
+        sliding_window,
+        sliding_window_stride,
+        batch_size,
+        precision,
+        semantic=task != "instance",  # the instance task scores no semantic output
     )
     id2label = {i: str(model.config.id2label[i]) for i in range(predictor.num_labels)}
     ignore_index = getattr(processor, "ignore_index", 255)

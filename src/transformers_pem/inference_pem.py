@@ -40,7 +40,7 @@ import PIL.Image
 import torch
 from torch import nn
 
-from .configuration_pem import SIZE_DIVISOR
+from .configuration_pem import padded_size
 from .post_processing_pem import valid_sizes
 from .presets_pem import TASKS, get_protocol
 
@@ -132,10 +132,6 @@ def _window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts + [length - window]
 
 
-def _padded(size: tuple[int, int]) -> tuple[int, int]:
-    return math.ceil(size[0] / SIZE_DIVISOR) * SIZE_DIVISOR, math.ceil(size[1] / SIZE_DIVISOR) * SIZE_DIVISOR
-
-
 class Predictor:
     """The inference settings of [`predict`] (validated once), run on one list of images at a time; also what
     [`evaluate_model`] predicts with."""
@@ -152,6 +148,7 @@ class Predictor:
         sliding_window_stride,
         batch_size: int | None,
         precision: str = "fp32",
+        semantic: bool = True,
     ):
         if task not in TASKS:
             raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
@@ -177,6 +174,8 @@ class Predictor:
             max_size = size.get("longest_edge") if isinstance(size, Mapping) else getattr(size, "longest_edge", None)
         self.model, self.processor, self.task = model, processor, task
         self.max_size, self.batch_size, self.precision = max_size, batch_size, precision
+        # Whether the semantic output (and with it TTA and sliding windows, which apply to it only) is computed.
+        self.semantic = semantic or task == "semantic"
         # (shortest edge or None for the processor's own size, flipped), in the order of detectron2's TTA mapper
         self.augmentations = [
             (scale, mirrored) for scale in (scales or [None]) for mirrored in ((False, True) if flip else (False,))
@@ -190,15 +189,14 @@ class Predictor:
         # model_config=config)`); a processor that disagrees with its model would predict and score the wrong thing
         # classes.
         thing_ids = getattr(processor, "thing_ids", None)
+        self.thing_ids = sorted(int(i) for i in thing_ids) if thing_ids is not None else list(range(self.num_labels))
         model_thing_ids = getattr(config, "thing_ids", None)
-        things_differ = sorted(thing_ids or range(self.num_labels)) != sorted(model_thing_ids or [])
-        if task != "semantic" and model_thing_ids is not None and things_differ:
+        if task != "semantic" and model_thing_ids is not None and self.thing_ids != sorted(model_thing_ids):
             raise ValueError(
                 f"The processor's thing_ids {thing_ids} differ from the model's {sorted(model_thing_ids)}: build the "
                 "processor from the model, e.g. PEMImageProcessor.from_preset(preset, model_config=model.config), or "
                 "set processor.thing_ids = model.config.thing_ids."
             )
-        self.thing_ids = sorted(int(i) for i in thing_ids) if thing_ids is not None else list(range(self.num_labels))
 
     # ------------------------------------------------------------------------------------------------- forward passes
 
@@ -240,7 +238,7 @@ class Predictor:
         """Forward passes over `indices`, one per padded size (see the module docstring): (indices, outputs, mask)."""
         groups: dict[tuple[int, int], list[int]] = {}
         for index in indices:
-            groups.setdefault(_padded(sizes[index]), []).append(index)
+            groups.setdefault(padded_size(sizes[index]), []).append(index)
         for (height, width), group in groups.items():
             for start in range(0, len(group), self.batch_size or len(group)):
                 chunk = group[start : start + (self.batch_size or len(group))]
@@ -253,7 +251,7 @@ class Predictor:
         """Semantic scores `(num_labels, height, width)` of one processed `(3, height, width)` image, by windows."""
         height, width = image.shape[-2:]
         window = (min(self.window[0], height), min(self.window[1], width))
-        padded = _padded(window)
+        padded = padded_size(window)
         offsets = [
             (top, left)
             for top in _window_starts(height, window[0], self.stride[0])
@@ -306,7 +304,7 @@ class Predictor:
             scores = scores.flip(-1) if mirrored else scores
             score_sums[index] = scores if score_sums[index] is None else score_sums[index] + scores
 
-        for scale, mirrored in self.augmentations:
+        for scale, mirrored in self.augmentations if self.semantic else []:
             pixel_values, sizes = self._preprocess(images, scale, mirrored)
             sliding = [
                 self.window is not None and (height > self.window[0] or width > self.window[1])
@@ -341,10 +339,12 @@ class Predictor:
 
         predictions = []
         for index, score_sum in enumerate(score_sums):
-            scores = score_sum / len(self.augmentations)
-            prediction = {"semantic": scores.max(dim=0).indices}
-            if return_scores:
-                prediction["semantic_scores"] = scores
+            prediction = {}
+            if self.semantic:
+                scores = score_sum / len(self.augmentations)
+                prediction["semantic"] = scores.max(dim=0).indices
+                if return_scores:
+                    prediction["semantic_scores"] = scores
             if needs_segments:
                 prediction[self.task] = segments[index]
             predictions.append(prediction)
@@ -364,6 +364,7 @@ def predict(
     batch_size: int | None = None,
     return_scores: bool = False,
     precision: str = "fp32",
+    return_semantic: bool = True,
 ) -> list[dict]:
     """
     Predictions of a PEM model for a list of images, with optional test-time augmentation and sliding-window
@@ -378,7 +379,8 @@ def predict(
         images (`list`):
             PIL images, numpy arrays or tensors, of any sizes.
         task (`str`, *optional*, defaults to `"semantic"`):
-            `"semantic"`, `"panoptic"` or `"instance"`. Every task also returns the semantic prediction.
+            `"semantic"`, `"panoptic"` or `"instance"`. Every task also returns the semantic prediction, unless
+            `return_semantic=False`.
         scales (`list[int]`, *optional*):
             Test-time augmentation: shortest-edge sizes (the official lists: [`official_tta_settings`]). `None`: the
             processor's own test size.
@@ -397,6 +399,9 @@ def predict(
             Also return the averaged semantic scores.
         precision (`str`, *optional*, defaults to `"fp32"`):
             `"amp"` runs the model under autocast (bfloat16 on CPU, float16 on CUDA); post-processing stays float32.
+        return_semantic (`bool`, *optional*, defaults to `True`):
+            For the panoptic and instance tasks: also compute the semantic prediction (and its TTA / sliding windows).
+            `False` skips that work and returns the task's output only.
 
     Returns:
         `list[dict]`, one per image, at the image's original size: `semantic` (`torch.LongTensor` `(height,
@@ -404,8 +409,20 @@ def predict(
         `panoptic` (the processor's `{"segmentation", "segments_info"}`), for the instance task `instance` (the
         processor's output with `(num_instances, height, width)` boolean masks).
     """
+    if return_scores and not return_semantic and task != "semantic":
+        raise ValueError("return_scores needs the semantic prediction: drop return_semantic=False.")
     predictor = Predictor(
-        model, processor, task, scales, max_size, flip, sliding_window, sliding_window_stride, batch_size, precision
+        model,
+        processor,
+        task,
+        scales,
+        max_size,
+        flip,
+        sliding_window,
+        sliding_window_stride,
+        batch_size,
+        precision,
+        semantic=return_semantic,
     )
     with eval_mode(model), torch.inference_mode():
         return predictor(list(images), return_scores)

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .inference_pem import predict
 from .labels_pem import dataset_for
+from .presets_pem import TASKS
 from .submission_pem import PredictionExporter
 from .utils_pem import require
 from .visualization_pem import draw_segmentation
@@ -33,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
-TASKS = ("panoptic", "semantic", "instance")
 
 
 @dataclass
@@ -159,7 +159,9 @@ def segment_files(
     summary = SegmentationSummary(output_dir)
 
     def flush(batch: list[tuple[str, Path, PIL.Image.Image]]) -> None:
-        predictions = predict(network, processor, [image for _, _, image in batch], task=task, batch_size=batch_size)
+        images = [image for _, _, image in batch]
+        # The semantic output is computed only when it is what was asked for.
+        predictions = predict(network, processor, images, task=task, batch_size=batch_size, return_semantic=False)
         for (name, path, image), prediction in zip(batch, predictions):
             record, segmentation, segments_info = segments_record(name, path, task, prediction, id2label, thing_ids)
             overlay = draw_segmentation(image, segmentation, segments_info, id2label, palette=dataset)

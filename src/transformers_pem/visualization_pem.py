@@ -8,7 +8,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
-from .configuration_pem import MASK_STRIDE, SIZE_DIVISOR
+from .configuration_pem import MASK_STRIDE, SIZE_DIVISOR, padded_size
 from .labels_pem import DATASET_LABELS
 from .post_processing_pem import valid_sizes
 
@@ -180,7 +180,7 @@ _LEVEL_STRIDES = (SIZE_DIVISOR, SIZE_DIVISOR // 2, SIZE_DIVISOR // 4)
 def padded_input_size(masks_queries_logits: torch.Tensor) -> tuple[int, int]:
     """The size the model padded its input to (a multiple of `SIZE_DIVISOR`), from the stride-4 mask logits."""
     mask_height, mask_width = masks_queries_logits.shape[-2:]
-    return tuple(-(-size * MASK_STRIDE // SIZE_DIVISOR) * SIZE_DIVISOR for size in (mask_height, mask_width))
+    return padded_size((mask_height * MASK_STRIDE, mask_width * MASK_STRIDE))
 
 
 def prototype_locations(prototype_indices, padded_size: tuple[int, int]) -> list[torch.Tensor]:

@@ -8,6 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ..presets_pem import TASKS
 from . import add_allocator_argument, apply_allocator_argument
 
 # Subcommands that are the package's other command lines: (module of their `main(argv)`, one-line help).
@@ -45,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("source", metavar="SOURCE", help="an image, a video, a folder or a quoted glob pattern")
     predict.add_argument("--model", required=True, help="a saved PEM checkpoint directory")
-    predict.add_argument("--task", choices=("panoptic", "semantic", "instance"), default="panoptic")
+    predict.add_argument("--task", choices=TASKS, default="panoptic")
     predict.add_argument("--out", default="pem_predictions", help="output folder (default: %(default)s)")
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return run_app(args) if args.command == "app" else run_predict(args)
     except (ValueError, ImportError, OSError) as error:
-        print(f"pem {command or ''}: error: {error}".replace("  ", " "), file=sys.stderr)
+        print(f"pem {command}: error: {error}" if command else f"pem: error: {error}", file=sys.stderr)
         return 1
 
 
