@@ -74,7 +74,8 @@ def test_official_recipes():
     assert recipe("pem-r50-cityscapes-semantic")["learning_rate"] == 7e-4
     assert recipe("pem-r50-cityscapes-panoptic")["max_steps"] == 90_000
     ade = recipe("pem-r50-ade20k-semantic")
-    assert (ade["learning_rate"], ade["max_steps"], ade["end_learning_rate"]) == (4e-4, 160_000, 1e-6)
+    assert (ade["learning_rate"], ade["max_steps"]) == (4e-4, 160_000)
+    assert ade["end_learning_rate_ratio"] == pytest.approx(1e-6 / 4e-4)
     assert (ade["weight_decay"], ade["backbone_lr_multiplier"], ade["clip_grad_norm"], ade["warmup_steps"]) == (
         0.05,
         0.1,
@@ -83,7 +84,9 @@ def test_official_recipes():
     )
     assert recipe("pem-stdc1-ade20k-semantic")["max_steps"] == 90_000  # the config file name's schedule
     # Settings given win over the recipe; without a preset, a short fine-tuning schedule.
-    assert recipe("pem-r50-ade20k-semantic", learning_rate=1e-3, warmup_steps=10)["learning_rate"] == 1e-3
+    custom_rate = recipe("pem-r50-ade20k-semantic", learning_rate=1e-3, warmup_steps=10)
+    assert custom_rate["learning_rate"] == 1e-3 and custom_rate["warmup_steps"] == 10
+    assert custom_rate["end_learning_rate_ratio"] == ade["end_learning_rate_ratio"]  # as before the restructure
     custom = TrainingConfig(data_root=".", output_dir=".", preset=None, model_name_or_path="some/model").recipe()
     assert (custom["learning_rate"], custom["max_steps"], custom["weight_decay"]) == (1e-4, 1000, 0.05)
 

@@ -121,15 +121,16 @@ class TrainingConfig:
         preset = get_preset(self.preset) if self.preset is not None else None
         shared = preset.protocol if preset is not None else Protocol  # the class holds the settings all configs share
         recipe = {name: getattr(shared, name) for name in _SHARED_RECIPE}
+        # The cosine schedule ends at the official fraction of the learning rate, also when the rate is set here.
         if preset is not None:
             recipe.update(
                 learning_rate=preset.protocol.learning_rate,
-                end_learning_rate=preset.protocol.end_learning_rate,
+                end_learning_rate_ratio=preset.protocol.end_learning_rate / preset.protocol.learning_rate,
                 max_steps=preset.training_steps,
             )
         else:
             recipe.update(
-                learning_rate=_FINE_TUNING_LEARNING_RATE, end_learning_rate=0.0, max_steps=_FINE_TUNING_STEPS
+                learning_rate=_FINE_TUNING_LEARNING_RATE, end_learning_rate_ratio=0.0, max_steps=_FINE_TUNING_STEPS
             )
         recipe.update({name: getattr(self, name) for name in recipe if getattr(self, name, None) is not None})
         return recipe
@@ -312,9 +313,7 @@ def train(config: TrainingConfig) -> dict:
     optimizer = build_optimizer(
         model, recipe["learning_rate"], recipe["weight_decay"], recipe["backbone_lr_multiplier"]
     )
-    scheduler = build_scheduler(
-        optimizer, max_steps, recipe["end_learning_rate"] / recipe["learning_rate"], recipe["warmup_steps"]
-    )
+    scheduler = build_scheduler(optimizer, max_steps, recipe["end_learning_rate_ratio"], recipe["warmup_steps"])
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, epoch, skip = 0, 0, 0
