@@ -15,7 +15,7 @@ import torch
 from .inference_pem import tune_glibc_malloc
 from .labels_pem import dataset_for
 from .media_pem import segments_record
-from .presets_pem import TASKS
+from .presets_pem import TASKS, check_task
 from .utils_pem import require
 from .visualization_pem import draw_prototypes, draw_segmentation, kept_queries
 
@@ -43,8 +43,7 @@ class Segmenter:
     def __call__(self, image: PIL.Image.Image, task: str) -> tuple[PIL.Image.Image, list[list], str, PIL.Image.Image]:
         if image is None:
             raise ValueError("Upload an image first.")
-        if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
+        check_task(task)
         image = image.convert("RGB")
         inputs = self.processor(image, return_tensors="pt").to(self.device)
         outputs = self.model(**inputs, output_prototype_indices=True)

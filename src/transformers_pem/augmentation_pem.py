@@ -31,10 +31,10 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
-from .datasets_pem import check_same_size, check_task, segment_ids_from_image, segments_list
+from .datasets_pem import check_same_size, segment_ids_from_image, segments_list
 from .image_processing_pem import get_resize_output_size
 from .labels_pem import reduce_labels as reduce_label_map
-from .presets_pem import get_protocol
+from .presets_pem import check_task, get_protocol
 
 # Inside the augmentation, every target is one integer map `class_id * LABEL_DIVISOR + k`: k = 0 for semantic maps,
 # k = 1, 2, ... for the segments of instance/panoptic maps and k = LABEL_DIVISOR - 1 for crowd regions. Void pixels

@@ -31,7 +31,7 @@ import numpy as np
 import PIL.Image
 
 from .labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS, DATASET_LABELS, reduce_labels
-from .presets_pem import TASKS
+from .presets_pem import check_task
 from .utils_pem import require
 
 datasets = require("datasets", "train", "Loading segmentation datasets")
@@ -322,11 +322,6 @@ def _check_root(root, children: Sequence[str], what: str) -> Path:
             "that contains them."
         )
     return root
-
-
-def check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
 
 
 def _list_split(parent: Path, split: str, pattern: str, dataset: str) -> list[Path]:

@@ -36,10 +36,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .datasets_pem import check_task, panoptic_reference, semantic_reference
+from .datasets_pem import panoptic_reference, semantic_reference
 from .inference_pem import Predictor, eval_mode
 from .labels_pem import dataset_for
 from .metrics_pem import MaskAP, MeanIoU, PanopticQuality
+from .presets_pem import check_task
 from .submission_pem import PredictionExporter
 
 # Headline metrics per task, in the order of the paper's tables.

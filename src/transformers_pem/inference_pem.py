@@ -42,7 +42,7 @@ from torch import nn
 
 from .configuration_pem import padded_size
 from .post_processing_pem import valid_sizes
-from .presets_pem import TASKS, get_protocol
+from .presets_pem import check_task, get_protocol
 
 # "fp32", or "amp": the model under autocast (bfloat16 on CPU, float16 on CUDA).
 PRECISIONS = ("fp32", "amp")
@@ -150,8 +150,7 @@ class Predictor:
         precision: str = "fp32",
         semantic: bool = True,
     ):
-        if task not in TASKS:
-            raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
+        check_task(task)
         if precision not in PRECISIONS:
             raise ValueError(f"Unknown precision {precision!r}: use one of {PRECISIONS}.")
         if scales is not None:

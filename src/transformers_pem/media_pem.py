@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .inference_pem import predict
 from .labels_pem import dataset_for
-from .presets_pem import TASKS
+from .presets_pem import check_task
 from .submission_pem import PredictionExporter
 from .utils_pem import require
 from .visualization_pem import draw_segmentation
@@ -140,8 +140,7 @@ def segment_files(
     (`semantic/`, or `panoptic/` + `panoptic.json`, or `instances.json`)."""
     from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
+    check_task(task)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
     if not (Path(model) / "config.json").is_file():

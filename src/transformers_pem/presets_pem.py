@@ -86,11 +86,16 @@ PROTOCOLS: dict[tuple[str, str], Protocol] = {
 }
 
 
+def check_task(task: str) -> None:
+    """Raise a `ValueError` naming the tasks if `task` is not one of `TASKS`."""
+    if task not in TASKS:
+        raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
+
+
 def get_protocol(dataset: str, task: str) -> Protocol:
     """The official settings of a dataset (`"cityscapes"`, `"ade20k"`) and task (`"semantic"`, `"instance"`,
     `"panoptic"`; instance uses the panoptic settings)."""
-    if task not in TASKS:
-        raise ValueError(f"Unknown task {task!r}: use one of {TASKS}.")
+    check_task(task)
     if dataset not in DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}: official settings exist for {DATASETS}.")
     return PROTOCOLS[dataset, "semantic" if task == "semantic" else "panoptic"]
@@ -170,4 +175,4 @@ def get_preset(name: str) -> PEMPreset:
     return PRESETS[name]
 
 
-__all__ = ["PEMPreset", "PRESETS", "PROTOCOLS", "Protocol", "get_preset", "get_protocol"]
+__all__ = ["PEMPreset", "PRESETS", "PROTOCOLS", "Protocol", "check_task", "get_preset", "get_protocol"]

@@ -39,7 +39,7 @@ from .configuration_pem import PEMConfig
 from .datasets_pem import load_ade20k, load_cityscapes, load_segmentation_dataset
 from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation
-from .presets_pem import TASKS, Protocol, get_preset
+from .presets_pem import Protocol, check_task, get_preset
 from .utils_pem import require
 
 accelerate = require("accelerate", "train", "Training")
@@ -102,8 +102,7 @@ class TrainingConfig:
             get_preset(self.preset)  # a clear error for an unknown name
         elif self.model_name_or_path is None:
             raise ValueError("Set a preset (the model and its official recipe) or model_name_or_path.")
-        if self.task not in TASKS:
-            raise ValueError(f"Unknown task {self.task!r}: use one of {TASKS}.")
+        check_task(self.task)
         if self.dataset not in ("cityscapes", "ade20k", "hub"):
             raise ValueError(f"Unknown dataset {self.dataset!r}: use 'cityscapes', 'ade20k' or 'hub'.")
         if self.batch_size < 2:
