@@ -60,7 +60,11 @@ def chromium() -> webdriver.Chrome:
     assert browser and driver, "Debian's chromium and chromium-driver are needed (make test installs them)"
     options = webdriver.ChromeOptions()
     options.binary_location = browser
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"):
+    arguments = ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1700"]
+    # No traffic beyond this machine: no background services, and no host but 127.0.0.1 resolves.
+    arguments += ["--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
+    arguments += ["--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1"]
+    for argument in arguments:
         options.add_argument(argument)
     return webdriver.Chrome(service=Service(driver), options=options)
 
