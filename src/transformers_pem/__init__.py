@@ -63,6 +63,9 @@ _LAZY_ATTRIBUTES = {
     "MaskAP": "metrics_pem",
     "load_backbone_weights": "checkpoint_io_pem",
     "load_official_checkpoint": "checkpoint_io_pem",
+    "PEMOnnxModel": "modeling_onnx_pem",
+    "export_onnx": "export_pem",
+    "export_program": "export_pem",
 }
 
 

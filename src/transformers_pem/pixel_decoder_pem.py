@@ -6,6 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torchvision.ops import deform_conv2d
 from transformers.backbone_utils import load_backbone
 from transformers.models.resnet.modeling_resnet import ResNetBasicLayer, ResNetBottleNeckLayer, ResNetConvLayer
 from transformers.utils import ModelOutput
@@ -85,6 +86,12 @@ class PEMModulatedDeformConv(nn.Module):
     def forward(self, hidden_states: Tensor, offset: Tensor, modulation: Tensor) -> Tensor:
         """hidden_states (B, C, H, W); offset (B, 2 * k * k, H, W) with channel 2t = dy and 2t + 1 = dx of tap t
         (row-major over the kernel); modulation (B, k * k, H, W). Returns (B, C_out, H, W) in channels_last layout."""
+        if torch.compiler.is_exporting():
+            # Exported graphs keep torchvision's operator, which ONNX maps to its native `DeformConv`; the gather
+            # below would become an ONNX loop that runs orders of magnitude slower.
+            return deform_conv2d(
+                hidden_states, offset, self.weight, self.bias, padding=self.kernel_size // 2, mask=modulation
+            )
         batch_size, channels, height, width = hidden_states.shape
         kernel_size, taps = self.kernel_size, self.kernel_size**2
         # Sampling positions in pixels, (B, H, W, k * k); at least float32 (under autocast, offsets may be bf16).

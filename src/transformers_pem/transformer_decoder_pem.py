@@ -116,9 +116,13 @@ class PEMPrototypeCrossAttention(nn.Module):
             # (B, h, Q, N) tensor. `max` returns the first maximum's index like `argmax` (and is faster on CPU), and
             # the strict `>` keeps the earlier chunk on ties: the result is the argmax over all tokens, and a fully
             # masked query (all -inf) selects token 0, as officially.
+            # An exported graph (torch.export, ONNX) scores all tokens at once: its token count is symbolic, and the
+            # chunk loop would be traced for the example input's count only.
+            exporting = torch.compiler.is_exporting()
+            chunk_size = num_tokens if exporting else self.selection_chunk_size
             best_scores, indices = None, None
-            for start in range(0, num_tokens, self.selection_chunk_size):
-                end = start + self.selection_chunk_size
+            for start in [0] if exporting else range(0, num_tokens, chunk_size):
+                end = start + chunk_size
                 similarity = torch.matmul(query_heads, memory_heads[:, :, start:end].transpose(2, 3))  # (B, h, Q, T)
                 if mask_bias is not None:
                     similarity += mask_bias[:, None, :, start:end]

@@ -1,6 +1,6 @@
 """Command lines of transformers-pem: thin `argparse` mains over the library functions.
 
-`python -m transformers_pem.commands.<name> --help` for `convert`, `evaluate` and `train`.
+`python -m transformers_pem.commands.<name> --help` for `convert`, `evaluate`, `export` and `train`.
 """
 
 import argparse

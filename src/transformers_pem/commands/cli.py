@@ -16,6 +16,7 @@ DELEGATED = {
     "train": ("transformers_pem.commands.train", "fine-tune PEM with accelerate (official recipe by default)"),
     "evaluate": ("transformers_pem.commands.evaluate", "the paper's metrics of a checkpoint on a dataset"),
     "convert": ("transformers_pem.commands.convert", "convert an official detectron2 checkpoint"),
+    "export": ("transformers_pem.commands.export", "export a checkpoint to ONNX (and int8) for ONNX Runtime"),
     "benchmark": (None, "latency, GMACs and memory against Mask2Former (from a clone of the repository)"),
 }
 
@@ -27,13 +28,14 @@ EXAMPLES = """examples:
   pem train --preset pem-stdc1-cityscapes-panoptic --task panoptic --data-root data/cityscapes --output-dir runs/stdc1
   pem evaluate runs/stdc1/final --dataset cityscapes --data-root data/cityscapes --task panoptic
   pem convert --checkpoint model_final.pth --config pem_STDC1_bs32_90k.yaml --output-dir pem-stdc1
+  pem export runs/stdc1/final --output stdc1-onnx --quantize int8 --calibration-data data/cityscapes/leftImg8bit/val
   accelerate launch -m transformers_pem.commands.train ...   (several processes)"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pem",
-        description="PEM (Prototype-based Efficient MaskFormer) segmentation: predict, train, evaluate, convert.",
+        description="PEM (Prototype-based Efficient MaskFormer): predict, train, evaluate, convert, export.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

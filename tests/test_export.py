@@ -1,0 +1,363 @@
+"""Deployment outside eager PyTorch: ONNX export (every backbone, 19 and 150 classes, dynamic shapes), the ONNX
+Runtime model behind the processor and the pipeline, int8 quantization, `torch.export`, and the errors of each."""
+
+import json
+import sys
+
+import numpy as np
+import onnx
+import PIL.Image
+import pytest
+import torch
+from tiny_configs import TINY_DECODER, TINY_STDC, save_confident_cityscapes_checkpoint
+from transformers import TimmBackboneConfig, pipeline
+
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem.commands import cli
+from transformers_pem.export_pem import (
+    INT8_FILE,
+    ONNX_FILE,
+    export,
+    export_onnx,
+    export_program,
+)
+from transformers_pem.modeling_onnx_pem import PEMOnnxModel
+from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.training_pem import TrainingConfig, train
+from transformers_pem.transformer_decoder_pem import PEMPrototypeCrossAttention
+
+# An image whose processed size (resized to 96x134, padded to 96x160) is neither the traced example's nor square.
+ODD_IMAGE = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 98, 3), dtype=np.uint8))
+
+
+def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-4) -> None:
+    """|actual - expected| <= tolerance * max(1, |expected|) elementwise."""
+    assert actual.shape == expected.shape
+    bound = tolerance * expected.abs().clamp(min=1)
+    excess = ((actual - expected).abs() - bound).max().item()
+    assert excess <= 0, f"differs beyond {tolerance} relative: max excess {excess}"
+
+
+def backbone_model(backbone: str, num_labels: int = 19) -> PEMForUniversalSegmentation:
+    """A full-size preset backbone (R50, STDC1, STDC2) or a timm ResNet-18 with the tiny decoder; trained-like running
+    statistics, so that folding BatchNorm into the exported graph changes the weights."""
+    torch.manual_seed(0)
+    dataset = "cityscapes" if num_labels == 19 else "ade20k"
+    if backbone == "timm":
+        timm_backbone = TimmBackboneConfig(backbone="resnet18", out_indices=[1, 2, 3, 4], num_channels=3)
+        config = PEMConfig(backbone_config=timm_backbone, **TINY_DECODER, num_labels=num_labels)
+    else:
+        config = PEMConfig.from_preset(f"pem-{backbone}-{dataset}-panoptic", **TINY_DECODER)
+    model = PEMForUniversalSegmentation(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def eager_logits(model, pixel_values):
+    with torch.no_grad():
+        outputs = model(pixel_values)
+    return outputs.class_queries_logits, outputs.masks_queries_logits
+
+
+@pytest.mark.parametrize(("backbone", "num_labels"), [("r50", 19), ("stdc1", 19), ("stdc2", 150), ("timm", 19)])
+def test_onnx_export_matches_eager_at_several_sizes(backbone, num_labels, tmp_path):
+    """One export per backbone runs at several batch sizes and image sizes in ONNX Runtime, within 1e-4 relative of
+    the unfolded eager model; the graph keeps the deformable sampling as DeformConv nodes and passes onnx.checker."""
+    model = backbone_model(backbone, num_labels)
+    path = export_onnx(model, tmp_path / ONNX_FILE)
+    assert not model.batch_norm_folded  # the export folded a copy
+    graph = onnx.load(path)
+    onnx.checker.check_model(graph, full_check=True)
+    operators = [node.op_type for node in graph.graph.node]
+    assert operators.count("DeformConv") == 3 and "Loop" not in operators
+    deform_weights = {node.input[1] for node in graph.graph.node if node.op_type == "DeformConv"}
+    initializers = {tensor.name: tensor for tensor in graph.graph.initializer}
+    assert all(tuple(initializers[name].dims[2:]) == (3, 3) for name in deform_weights)
+
+    config = model.config.to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    runtime = PEMOnnxModel.from_pretrained(tmp_path)
+    torch.manual_seed(1)
+    processor = PEMImageProcessor(size={"shortest_edge": 96, "longest_edge": 160})
+    odd = processor(ODD_IMAGE, return_tensors="pt")["pixel_values"]
+    assert tuple(odd.shape[-2:]) == (96, 160)
+    for pixel_values in (torch.randn(1, 3, 128, 256), torch.randn(3, 3, 64, 64), odd):
+        outputs = runtime(pixel_values)
+        expected_classes, expected_masks = eager_logits(model, pixel_values)
+        assert outputs.class_queries_logits.shape == (pixel_values.shape[0], 8, num_labels + 1)
+        assert_close_relative(outputs.class_queries_logits, expected_classes)
+        assert_close_relative(outputs.masks_queries_logits, expected_masks)
+
+
+def test_onnx_selection_equals_eager_argmax_with_ties(tmp_path):
+    """The exported prototype selection returns the same token as the eager one where scores tie: duplicated tokens
+    (first maximum), and queries whose mask excludes every token (token 0, as officially), over more tokens than
+    the eager chunk size."""
+    import onnxruntime
+
+    attention = PEMPrototypeCrossAttention(hidden_dim=8, num_heads=2).eval()
+
+    class Selection(torch.nn.Module):
+        def forward(self, memory, queries, mask_logits):
+            return attention.select_prototypes(memory, queries, mask_logits)[1]
+
+    tokens = attention.selection_chunk_size + 300
+    generator = torch.Generator().manual_seed(0)
+    distinct = torch.nn.functional.normalize(torch.randn(1, 16, 8, generator=generator), dim=-1)
+    memory = distinct[:, torch.randint(0, 16, (tokens,), generator=generator)]  # every token repeated many times
+    memory[:, tokens - 1] = distinct[:, 3]
+    queries = torch.nn.functional.normalize(torch.randn(1, 5, 8, generator=generator), dim=-1)
+    mask_logits = torch.randn(1, 5, tokens, generator=generator)
+    mask_logits[:, 1] = -1.0  # query 1 masks every token
+    mask_logits[:, 2, : attention.selection_chunk_size] = -1.0  # query 2 keeps only tokens of the second chunk
+    dim = torch.export.Dim("tokens", min=2, max=100000)
+    program = torch.onnx.export(
+        Selection(),
+        (memory, queries, mask_logits),
+        dynamo=True,
+        opset_version=19,
+        input_names=["memory", "queries", "mask_logits"],
+        dynamic_shapes={"memory": {1: dim}, "queries": {}, "mask_logits": {2: dim}},
+        verbose=False,
+    )
+    program.save(str(tmp_path / "selection.onnx"))
+    session = onnxruntime.InferenceSession(str(tmp_path / "selection.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = Selection()(memory, queries, mask_logits)
+    (indices,) = session.run(
+        None, {"memory": memory.numpy(), "queries": queries.numpy(), "mask_logits": mask_logits.numpy()}
+    )
+    assert torch.equal(torch.from_numpy(indices), expected)
+    assert (expected[:, :, 1] == 0).all() and (expected[:, :, 2] >= attention.selection_chunk_size).all()
+    # The tie rule itself, computed independently: per head, the first best token the mask keeps, else 0.
+    head_dim = 4
+    for head in range(2):
+        head_scores = torch.einsum(
+            "nc,qc->qn",
+            memory[0, :, head * head_dim : (head + 1) * head_dim],
+            queries[0, :, head * head_dim : (head + 1) * head_dim],
+        )
+        keep = mask_logits[0] >= 0
+        head_scores = head_scores.masked_fill(~keep, float("-inf"))
+        for query in range(5):
+            row = head_scores[query]
+            first = int(torch.nonzero(row == row.max())[0]) if torch.isfinite(row.max()) else 0
+            assert int(expected[0, head, query]) == first
+
+
+def test_torch_export_program_saves_reloads_and_matches_eager(tmp_path):
+    """`torch.export` with dynamic height and width; the saved program reloads and gives the eager outputs at two
+    sizes."""
+    model, _ = save_confident_cityscapes_checkpoint(tmp_path / "checkpoint")
+    program = export_program(model)
+    torch.export.save(program, tmp_path / "pem.pt2")
+    reloaded = torch.export.load(tmp_path / "pem.pt2").module()
+    torch.manual_seed(2)
+    for pixel_values in (torch.randn(1, 3, 64, 128), torch.randn(2, 3, 160, 96)):
+        classes, masks = reloaded(pixel_values)
+        expected_classes, expected_masks = eager_logits(model, pixel_values)
+        assert_close_relative(classes, expected_classes)
+        assert_close_relative(masks, expected_masks)
+
+
+@pytest.fixture(scope="module")
+def trained_export(tmp_path_factory):
+    """A tiny PEM trained for a few steps on synthetic Cityscapes scenes, exported with `pem export` to fp32 and
+    statically quantized int8 calibrated on the validation images."""
+    root = tmp_path_factory.mktemp("export")
+    data = generate_cityscapes(root / "data", num_train=8, num_val=4, size=(64, 128), seed=3)
+    overrides = {**TINY_STDC, **TINY_DECODER, "decoder_layers": 2, "train_num_points": 256}
+    train(
+        TrainingConfig(
+            output_dir=root / "run",
+            data_root=data,
+            preset="pem-stdc1-cityscapes-panoptic",
+            task="panoptic",
+            config_overrides=overrides,
+            scale=0.0625,
+            test_size=(64, 128),
+            batch_size=4,
+            max_steps=40,
+            learning_rate=2e-3,
+            eval_every=0,
+            save_every=1000,
+        )
+    )
+    checkpoint = root / "run" / "final"
+    output = root / "onnx"
+    calibration = data / "leftImg8bit" / "val"
+    code = cli.main(
+        [
+            "export",
+            str(checkpoint),
+            "--output",
+            str(output),
+            "--quantize",
+            "int8",
+            "--calibration-data",
+            str(calibration),
+        ]
+    )
+    assert code == 0
+    images = [PIL.Image.open(path).convert("RGB") for path in sorted(calibration.rglob("*.png"))]
+    return checkpoint, output, images
+
+
+def test_export_directory_is_self_describing(trained_export):
+    checkpoint, output, _ = trained_export
+    assert {ONNX_FILE, INT8_FILE, "config.json", "preprocessor_config.json"} <= {p.name for p in output.iterdir()}
+    saved = PEMConfig.from_pretrained(checkpoint).to_dict()
+    exported = PEMConfig.from_pretrained(output).to_dict()
+    assert exported["id2label"] == saved["id2label"] and exported["thing_ids"] == saved["thing_ids"]
+    assert (
+        PEMImageProcessor.from_pretrained(output).to_dict() == PEMImageProcessor.from_pretrained(checkpoint).to_dict()
+    )
+
+
+@pytest.mark.parametrize("subtask", ["semantic", "panoptic", "instance"])
+def test_pipeline_on_onnx_model_gives_the_eager_segments(trained_export, subtask):
+    checkpoint, output, images = trained_export
+    eager = pipeline("image-segmentation", model=str(checkpoint))
+    runtime = pipeline(
+        "image-segmentation",
+        model=PEMOnnxModel.from_pretrained(output),
+        image_processor=PEMImageProcessor.from_pretrained(output),
+    )
+    found = 0
+    for image in images:
+        expected, actual = eager(image, subtask=subtask), runtime(image, subtask=subtask)
+        assert [(s["label"], s["score"] is None) for s in actual] == [
+            (s["label"], s["score"] is None) for s in expected
+        ]
+        for a, e in zip(actual, expected):
+            assert np.array_equal(np.asarray(a["mask"]), np.asarray(e["mask"]))
+            if e["score"] is not None:
+                assert a["score"] == pytest.approx(e["score"], abs=1e-4)
+        found += len(expected)
+    assert found >= len(images)
+
+
+def test_int8_model_agrees_with_fp32_on_most_pixels(trained_export):
+    _, output, images = trained_export
+    processor = PEMImageProcessor.from_pretrained(output)
+    fp32 = PEMOnnxModel.from_pretrained(output)
+    int8 = PEMOnnxModel.from_pretrained(output, file_name=INT8_FILE)
+    graph = onnx.load(output / INT8_FILE)
+    operators = [node.op_type for node in graph.graph.node]
+    assert operators.count("QuantizeLinear") > 10 and operators.count("DeformConv") == 3
+    agreement = []
+    for image in images:
+        inputs = processor(image, return_tensors="pt")
+        sizes = [(image.height, image.width)]
+        semantic = [
+            processor.post_process_semantic_segmentation(model(**inputs), target_sizes=sizes)[0]
+            for model in (fp32, int8)
+        ]
+        agreement.append((semantic[0] == semantic[1]).float().mean().item())
+    assert np.mean(agreement) >= 0.95, agreement
+
+
+def test_dynamic_int8_without_calibration_data(tmp_path):
+    save_confident_cityscapes_checkpoint(tmp_path / "checkpoint")
+    written = export(tmp_path / "checkpoint", tmp_path / "onnx", quantize="int8-dynamic")
+    operators = {node.op_type for node in onnx.load(written["int8"]).graph.node}
+    assert {"ConvInteger", "DynamicQuantizeLinear"} <= operators
+    processor = PEMImageProcessor.from_pretrained(tmp_path / "onnx")
+    inputs = processor(ODD_IMAGE, return_tensors="pt")
+    fp32 = PEMOnnxModel.from_pretrained(tmp_path / "onnx")(**inputs)
+    int8 = PEMOnnxModel.from_pretrained(tmp_path / "onnx", file_name=INT8_FILE)(**inputs)
+    assert torch.equal(fp32.class_queries_logits.argmax(-1), int8.class_queries_logits.argmax(-1))
+
+
+# ------------------------------------------------------------------------------------------------------ bad input
+
+
+@pytest.fixture(scope="module")
+def exported_dir(trained_export):
+    return trained_export[1]
+
+
+def test_export_without_the_extra_names_it(tmp_path, monkeypatch):
+    model = backbone_model("timm")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)
+    with pytest.raises(ImportError, match=r'pip install "transformers-pem\[export\]"'):
+        export_onnx(model, tmp_path / ONNX_FILE)
+
+
+def test_export_refuses_an_opset_without_deform_conv(tmp_path):
+    with pytest.raises(ValueError, match="opset 17 is not supported.*DeformConv.*19"):
+        export_onnx(backbone_model("timm"), tmp_path / ONNX_FILE, opset=17)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", str(tmp_path), "--output", str(tmp_path / "o"), "--opset", "18"])
+    assert exit_info.value.code == 2
+
+
+def test_export_of_a_missing_checkpoint_or_into_a_file(tmp_path, capsys):
+    assert cli.main(["export", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 1
+    assert "Cannot load a PEM checkpoint from" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file: pass a directory"):
+        export(tmp_path / "missing", tmp_path / "file")
+    with pytest.raises(ValueError, match="quantize='int4' is not supported"):
+        export(tmp_path / "missing", tmp_path / "out", quantize="int4")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "foreign", "missing"])
+def test_runtime_refuses_a_damaged_or_foreign_graph(exported_dir, tmp_path, damage):
+    directory = tmp_path / damage
+    directory.mkdir()
+    (directory / "config.json").write_bytes((exported_dir / "config.json").read_bytes())
+    data = (exported_dir / ONNX_FILE).read_bytes()
+    if damage == "truncated":
+        (directory / ONNX_FILE).write_bytes(data[: len(data) // 2])
+    elif damage == "empty":
+        (directory / ONNX_FILE).write_bytes(b"")
+    elif damage == "foreign":
+        x = onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1])
+        y = onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1])
+        graph = onnx.helper.make_graph([onnx.helper.make_node("Relu", ["x"], ["y"])], "relu", [x], [y])
+        onnx.save(onnx.helper.make_model(graph), directory / ONNX_FILE)
+    expected = {
+        "truncated": "is not a loadable ONNX model.*truncated or corrupt",
+        "empty": "is not a loadable ONNX model",
+        "foreign": r"not a PEM export: it takes \['x'\]",
+        "missing": "No ONNX model at",
+    }[damage]
+    with pytest.raises(ValueError, match=expected):
+        PEMOnnxModel.from_pretrained(directory)
+
+
+def test_runtime_needs_the_pem_config_and_loads_an_older_one(exported_dir, tmp_path):
+    (tmp_path / ONNX_FILE).symlink_to(exported_dir / ONNX_FILE)
+    with pytest.raises(ValueError, match="has no config.json"):
+        PEMOnnxModel.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "mask2former"}))
+    with pytest.raises(ValueError, match="config of a 'mask2former' model, not of PEM"):
+        PEMOnnxModel.from_pretrained(tmp_path)
+    # A config written before later fields existed (only the labels and the architecture's sizes): their defaults.
+    config = json.loads((exported_dir / "config.json").read_text())
+    older = {key: config[key] for key in ("model_type", "id2label", "label2id", "backbone_config", "num_queries")}
+    (tmp_path / "config.json").write_text(json.dumps(older))
+    model = PEMOnnxModel.from_pretrained(tmp_path)
+    assert model.config.id2label == {int(k): v for k, v in config["id2label"].items()}
+
+
+def test_runtime_model_errors(exported_dir):
+    model = PEMOnnxModel.from_pretrained(exported_dir)
+    with pytest.raises(ValueError, match="multiples of 32, got 70x98"):
+        model(torch.zeros(1, 3, 70, 98))
+    with pytest.raises(ValueError, match=r"\(batch_size, 3, height, width\)"):
+        model(torch.zeros(3, 64, 64))
+    with pytest.raises(ValueError, match="need the PyTorch model"):
+        model(torch.zeros(1, 3, 64, 64), output_hidden_states=True)
+    with pytest.raises(ValueError, match="providers="):
+        model.to("cuda")
+    with pytest.raises(ValueError, match="inference only"):
+        model.train()
+    with pytest.raises(ValueError, match=r"not available in this installation.*onnxruntime-gpu"):
+        PEMOnnxModel.from_pretrained(exported_dir, providers=["TensorrtExecutionProvider"])
+    assert model.eval() is model and model.to("cpu") is model
