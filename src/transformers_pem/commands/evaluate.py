@@ -62,7 +62,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--export-dir", help="write the predictions in the official submission formats")
     parser.add_argument("--output", help="JSON file for the results")
     parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
         "--precision",
         choices=PRECISIONS,
@@ -73,6 +73,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--fold-batch-norm",
         action="store_true",
         help="fold BatchNorm into the convolutions first (faster; equal up to float rounding)",
+    )
+    parser.add_argument(
+        "--onnx",
+        nargs="?",
+        const="model.onnx",
+        metavar="FILE",
+        help="evaluate the exported ONNX graph of the checkpoint directory with ONNX Runtime instead of the PyTorch "
+        "model (default file model.onnx; e.g. model_int8.onnx; see python -m transformers_pem.export)",
     )
     parser.add_argument("--no-progress", action="store_true")
     add_allocator_argument(parser)
@@ -103,7 +111,17 @@ def main(argv: Sequence[str] | None = None) -> dict:
         window = tuple(window) if len(window) == 2 else window[0]
     stride = None if args.stride is None else (tuple(args.stride) if len(args.stride) == 2 else args.stride[0])
 
-    model = PEMForUniversalSegmentation.from_pretrained(args.checkpoint).to(args.device)
+    if args.onnx is not None:
+        if args.precision != "fp32" or args.fold_batch_norm or args.device not in (None, "cpu"):
+            raise ValueError(
+                "--onnx runs the exported graph as it is: drop --precision, --fold-batch-norm and --device."
+            )
+        from ..modeling_onnx_pem import PEMOnnxModel
+
+        model = PEMOnnxModel.from_pretrained(args.checkpoint, file_name=args.onnx)
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = PEMForUniversalSegmentation.from_pretrained(args.checkpoint).to(device)
     if args.fold_batch_norm:
         model.fold_batch_norm()
     try:
@@ -159,6 +177,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "augmented_outputs": "semantic" if (scales or flip or window) else None,
             "precision": args.precision,
             "fold_batch_norm": args.fold_batch_norm,
+            "onnx": args.onnx,
         },
         "seconds": seconds,
         "images_per_second": len(dataset) / seconds,
