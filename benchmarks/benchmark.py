@@ -30,6 +30,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
@@ -117,9 +118,13 @@ class ModelSpec:
     model_class: type[nn.Module]
     make_config: Callable[[int], PreTrainedConfig]
     make_processor: Callable[[int], Any]
-    # Inference optimisation (optimised models are not trained): None; "folded", `fold_batch_norm()`; or "compiled",
-    # folded, then `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused).
+    # Inference optimisation (optimised models are not trained): None; "folded", `fold_batch_norm()`; "compiled",
+    # folded, then `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused);
+    # "onnx", exported (`export_pem.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that graph with
+    # static int8 quantization (QDQ, per-channel weights) calibrated on random inputs.
     optimization: str | None = None
+    # The eager, unoptimised model of the same architecture whose outputs the optimised one is compared with.
+    baseline: str | None = None
 
 
 def pem_config(backbone: str, num_labels: int) -> PEMConfig:
@@ -149,7 +154,15 @@ def _pem_spec(backbone: str, optimization: str | None = None) -> ModelSpec:
         make_config=lambda num_labels: pem_config(backbone, num_labels),
         make_processor=lambda num_labels: pem_processor(backbone, num_labels),
         optimization=optimization,
+        baseline=f"pem-{backbone}" if optimization else None,
     )
+
+
+# Optimisations whose model runs outside PyTorch: no parameters, GMACs or memory measured, fp32 only.
+ONNX_OPTIMIZATIONS = ("onnx", "onnx-int8")
+# Random inputs that calibrate the int8 activation ranges: they set the accuracy, not the speed, of the graph.
+CALIBRATION_INPUTS = 4
+CALIBRATION_SIZE = (256, 512)
 
 
 MODELS = {
@@ -164,6 +177,12 @@ MODELS = {
         _pem_spec("r50", "compiled"),
         _pem_spec("stdc1", "compiled"),
         _pem_spec("stdc2", "compiled"),
+        _pem_spec("r50", "onnx"),
+        _pem_spec("stdc1", "onnx"),
+        _pem_spec("stdc2", "onnx"),
+        _pem_spec("r50", "onnx-int8"),
+        _pem_spec("stdc1", "onnx-int8"),
+        _pem_spec("stdc2", "onnx-int8"),
         ModelSpec(
             name=REFERENCE_MODEL,
             model_class=Mask2FormerForUniversalSegmentation,
@@ -213,12 +232,32 @@ def _build_model(
 ) -> nn.Module:
     torch.manual_seed(seed)
     model = model_class(config).to(device).eval()
+    if optimization in ONNX_OPTIMIZATIONS:
+        return _onnx_model(model, optimization, seed)
     if optimization in ("folded", "compiled"):
         model.fold_batch_norm()
     if optimization == "compiled":
         # Compiled at the first call of every input size (in the warm-up runs).
         model.compile(dynamic=False, options={"freezing": True})
     return model
+
+
+def _onnx_model(model: PEMForUniversalSegmentation, optimization: str, seed: int) -> nn.Module:
+    """The model exported to ONNX (int8 with "onnx-int8") and loaded with `PEMOnnxModel`'s default session: as many
+    threads as PyTorch, not spinning between runs."""
+    from transformers_pem.export_pem import ONNX_FILE, export_onnx, quantize_onnx
+    from transformers_pem.modeling_onnx_pem import PEMOnnxModel
+
+    with tempfile.TemporaryDirectory() as directory:
+        path = export_onnx(model, Path(directory) / ONNX_FILE)
+        model.config.save_pretrained(directory)
+        if optimization == "onnx-int8":
+            generator = torch.Generator().manual_seed(seed)
+            calibration = [
+                torch.randn(1, 3, *CALIBRATION_SIZE, generator=generator) for _ in range(CALIBRATION_INPUTS)
+            ]
+            path = quantize_onnx(path, Path(directory) / "model_int8.onnx", calibration)
+        return PEMOnnxModel.from_pretrained(directory, file_name=path.name)
 
 
 class _TrainingStep:
@@ -543,9 +582,15 @@ def _time_inference(
     repeats: int,
     warmup: int,
     generator: torch.Generator,
+    baselines: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Interleaved inference: each repeat runs every model once. The post-processing (skipped if `processors` is None)
-    is timed apart on the same outputs; the time with post-processing is the sum of both."""
+    is timed apart on the same outputs; the time with post-processing is the sum of both. A model with a baseline
+    (`baselines[name]`, among `models`) is compared with it on the last run's outputs: the largest
+    |output - baseline| / max(1, |baseline|) over the class and mask logits."""
+    baselines = {name: base for name, base in (baselines or {}).items() if name in models and base in models}
+    compared = set(baselines) | set(baselines.values())
+    last_outputs = {}
     pixel_values = torch.randn(batch_size, 3, scenario.height, scenario.width, generator=generator).to(device)
     forward_times = {name: [] for name in models}
     post_processing_times = {name: [] for name in models}
@@ -559,6 +604,8 @@ def _time_inference(
                 if processors is not None:
                     _post_process(processors[name], outputs, scenario.height, scenario.width)
                 end = _clock(device)
+            if name in compared and repeat == repeats - 1:
+                last_outputs[name] = (outputs.class_queries_logits, outputs.masks_queries_logits)
             del outputs
             if repeat >= 0:
                 forward_times[name].append(forward_end - start)
@@ -569,6 +616,12 @@ def _time_inference(
         entry = {"model": name, **_setting(scenario, batch_size, precision)}
         entry.update(forward_s=forward, forward_images_per_s=batch_size / forward["median"])
         entry.update(with_post_processing_s=None, with_post_processing_images_per_s=None)
+        entry["max_relative_difference"] = None
+        if name in baselines:
+            entry["max_relative_difference"] = max(
+                ((output.float() - reference.float()).abs() / reference.float().abs().clamp(min=1)).max().item()
+                for output, reference in zip(last_outputs[name], last_outputs[baselines[name]])
+            )
         if processors is not None:
             total = _summary([a + b for a, b in zip(forward_times[name], post_processing_times[name])])
             entry.update(with_post_processing_s=total, with_post_processing_images_per_s=batch_size / total["median"])
@@ -753,14 +806,16 @@ def run_benchmark(
             for spec in specs
         }
         trainable = {spec.name: models[spec.name] for spec in specs if spec.optimization is None}
+        outside_torch = {spec.name for spec in specs if spec.optimization in ONNX_OPTIMIZATIONS}
         for name, model in models.items():
-            results["parameters"].append({"model": name, "num_labels": num_labels, **count_parameters(model)})
+            if name not in outside_torch:
+                results["parameters"].append({"model": name, "num_labels": num_labels, **count_parameters(model)})
 
         for scenario in group_sizes:
             if gmacs:
                 pixel_values = torch.randn(1, 3, scenario.height, scenario.width, generator=generator)
                 for spec in specs:
-                    if spec.optimization == "compiled":  # not traceable by fvcore; the folded model's count
+                    if spec.optimization == "compiled" or spec.name in outside_torch:  # the folded model's count
                         continue
                     _log(f"GMACs {spec.name} {scenario}")
                     entry = {"model": spec.name, **_setting(scenario, 1, "fp32")}
@@ -768,9 +823,21 @@ def run_benchmark(
                         entry | count_gmacs(models[spec.name], processors[spec.name], pixel_values.to(torch_device))
                     )
             timed_processors = processors if post_processing else None
+            baselines = {spec.name: spec.baseline for spec in specs if spec.baseline}
             for precision in precisions:
+                # ONNX Runtime graphs are float32: they do not take part in autocast runs.
+                timed = {n: m for n, m in models.items() if precision == "fp32" or n not in outside_torch}
                 results["inference"] += _time_inference(
-                    models, timed_processors, scenario, batch_size, precision, torch_device, repeats, warmup, generator
+                    timed,
+                    timed_processors,
+                    scenario,
+                    batch_size,
+                    precision,
+                    torch_device,
+                    repeats,
+                    warmup,
+                    generator,
+                    baselines,
                 )
         for scenario in group_train_sizes:
             for precision in precisions:
@@ -788,8 +855,10 @@ def run_benchmark(
                 for run in runs
                 for precision in precisions
                 for spec in specs
-                # Compiling would dominate a compiled model's peak; optimised models are not trained.
-                if spec.optimization != "compiled" and not (run[0] == "training" and spec.optimization)
+                # Compiling would dominate a compiled model's peak; optimised models are not trained; ONNX Runtime's
+                # memory is not measured.
+                if spec.optimization not in ("compiled", *ONNX_OPTIMIZATIONS)
+                and not (run[0] == "training" and spec.optimization)
             ):
                 _log(f"peak memory {spec.name} {mode} {scenario} {precision}")
                 measured = _measure_peak_memory_isolated(
@@ -848,6 +917,10 @@ INFERENCE_COLUMNS = [
     ("With post-processing (s)", lambda e: _timing(e["with_post_processing_s"])),
     ("Images/s", lambda e: _number(e["with_post_processing_images_per_s"])),
     ("× ref", lambda e: _number(e["speedup_vs_reference"]["with_post_processing_s"], suffix="×")),
+    (
+        "max rel. Δ to eager",
+        lambda e: "–" if e.get("max_relative_difference") is None else f"{e['max_relative_difference']:.1e}",
+    ),
 ]
 TRAINING_COLUMNS = [
     ("Model", lambda e: e["model"]),
@@ -924,7 +997,10 @@ def format_markdown(results: dict[str, Any]) -> str:
         lines += ["", f"## Inference (batch {settings['batch_size']})", ""]
         lines += [
             "With post-processing: the forward pass, then the model's own semantic post-processing to the input "
-            "size (Mask2Former's resizes the mask logits to 384×384 first, PEM's to the input size, as officially).",
+            "size (Mask2Former's resizes the mask logits to 384×384 first, PEM's to the input size, as officially). "
+            "`max rel. Δ to eager`: the largest |output - eager| / max(1, |eager|) over the class and mask logits, "
+            "against the unoptimised eager model of the same architecture on the same input. `-onnx`: ONNX Runtime "
+            "(CPU provider, as many threads as PyTorch); `-onnx-int8`: its static int8 quantization.",
             "",
         ]
         lines += _table(INFERENCE_COLUMNS, results["inference"])

@@ -16,7 +16,7 @@ import copy
 import logging
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
@@ -189,29 +189,27 @@ def calibration_images(source: str | os.PathLike, num_images: int, split: str = 
 def quantize_onnx(
     model_path: str | os.PathLike,
     output_path: str | os.PathLike,
-    processor: PEMImageProcessor | None = None,
-    images: Sequence | None = None,
+    calibration: Iterable[Tensor] | None = None,
 ) -> Path:
     """int8 version of an exported PEM graph with ONNX Runtime's quantization tools.
 
-    With calibration `images` (and the `processor` that prepares them): static quantization, QDQ format, int8 weights
-    per output channel and uint8 activations whose ranges are the min/max over the calibration images. Without:
-    dynamic quantization (weights int8, activation ranges computed at run time), the no-data fallback. The
-    deformable convolutions and the prototype selection stay float32 (ONNX Runtime has no int8 kernels for them).
+    With `calibration` inputs (`pixel_values` tensors as the processor returns them, e.g. one image each): static
+    quantization, QDQ format, int8 weights per output channel and uint8 activations whose ranges are the min/max over
+    the calibration inputs. Without: dynamic quantization (weights int8, activation ranges computed at run time), the
+    no-data fallback. The deformable convolutions and the prototype selection stay float32 (ONNX Runtime has no int8
+    kernels for them).
     """
     quantization = require("onnxruntime.quantization", "export", "int8 quantization")
-    if images and processor is None:
-        raise ValueError("Static int8 quantization needs the processor that prepares the calibration images.")
     output_path = Path(output_path)
     with tempfile.TemporaryDirectory() as work:
         # Shape inference and graph optimisation first, as ONNX Runtime's quantization guide advises.
         prepared = Path(work) / "prepared.onnx"
         quantization.quant_pre_process(str(model_path), str(prepared), skip_symbolic_shape=True)
-        if images:
+        if calibration is not None:
             quantization.quantize_static(
                 str(prepared),
                 str(output_path),
-                _CalibrationReader(processor, images),
+                _CalibrationReader(calibration),
                 quant_format=quantization.QuantFormat.QDQ,
                 op_types_to_quantize=list(QUANTIZED_OPS),
                 per_channel=True,
@@ -231,12 +229,10 @@ def quantize_onnx(
 
 
 class _CalibrationReader:
-    """ONNX Runtime's calibration-data protocol (`get_next`) over processed images, one image per batch."""
+    """ONNX Runtime's calibration-data protocol (`get_next`) over `pixel_values` tensors."""
 
-    def __init__(self, processor: PEMImageProcessor, images: Iterable):
-        self._batches: Iterator = (
-            {"pixel_values": processor(image, return_tensors="pt")["pixel_values"].numpy()} for image in images
-        )
+    def __init__(self, calibration: Iterable[Tensor]):
+        self._batches: Iterator = ({INPUT_NAMES[0]: pixel_values.numpy()} for pixel_values in calibration)
 
     def get_next(self) -> dict | None:
         return next(self._batches, None)
@@ -265,16 +261,17 @@ def export(
     if output_dir.exists() and not output_dir.is_dir():
         raise ValueError(f"The output {output_dir} is a file: pass a directory to write the ONNX model into.")
     model, processor = load_checkpoint(checkpoint)
-    images = None
+    calibration = None
     if quantize == "int8" and calibration_data is not None:
         images = calibration_images(calibration_data, num_calibration_images, calibration_split)
+        calibration = (processor(image, return_tensors="pt")["pixel_values"] for image in images)
     elif quantize == "int8":
         logger.warning("No calibration data given: int8 falls back to dynamic quantization (slower than static).")
     written = {"fp32": export_onnx(model, output_dir / ONNX_FILE, opset)}
     model.config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     if quantize is not None:
-        written["int8"] = quantize_onnx(written["fp32"], output_dir / INT8_FILE, processor, images)
+        written["int8"] = quantize_onnx(written["fp32"], output_dir / INT8_FILE, calibration)
     return written
 
 

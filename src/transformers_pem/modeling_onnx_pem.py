@@ -60,7 +60,8 @@ class PEMOnnxModel(nn.Module):
         `providers` are ONNX Runtime execution providers, in order of preference (default: CPU). CUDA
         (`"CUDAExecutionProvider"`) and TensorRT (`"TensorrtExecutionProvider"`) need `onnxruntime-gpu`; outputs are
         returned on the CPU whichever provider runs the graph. `session_options`: an `onnxruntime.SessionOptions`
-        (thread counts, graph optimisation level).
+        (thread counts, graph optimisation level); by default as many threads as PyTorch uses, which sleep between
+        runs instead of spinning, so that they leave the cores to the post-processing that follows each run.
         """
         ort = require("onnxruntime", "export", "Running PEM with ONNX Runtime")
         directory = Path(model_directory)
@@ -81,6 +82,10 @@ class PEMOnnxModel(nn.Module):
                 f"ONNX Runtime providers {missing} are not available in this installation (available: {available}). "
                 "CUDA and TensorRT need the onnxruntime-gpu package."
             )
+        if session_options is None:
+            session_options = ort.SessionOptions()
+            session_options.intra_op_num_threads = torch.get_num_threads()
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
         except Exception as error:  # onnxruntime raises its own exception types for unreadable graphs

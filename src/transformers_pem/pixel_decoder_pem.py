@@ -150,8 +150,37 @@ class PEMDeformableLayer(nn.Module):
         offset_and_modulation = self.offset_conv(hidden_states)
         offset, modulation = offset_and_modulation[:, :18], offset_and_modulation[:, 18:].sigmoid()
         hidden_states = F.relu(self.deform_norm(self.deform_conv(hidden_states, offset, modulation)), inplace=True)
-        upsampled = F.relu(self.upsample_norm(self.upsample(hidden_states)), inplace=True)
+        if torch.compiler.is_exporting():
+            # ONNX Runtime's transposed convolution is several times slower than its convolution, and has no int8
+            # kernel: exported graphs compute the same upsampling as a convolution and a pixel shuffle.
+            upsampled = _transposed_convolution_as_convolution(hidden_states, self.upsample)
+        else:
+            upsampled = self.upsample(hidden_states)
+        upsampled = F.relu(self.upsample_norm(upsampled), inplace=True)
         return hidden_states, upsampled
+
+
+# Output row 2m + a (a = 0, 1) of a 4x4 transposed convolution with stride 2 and padding 1 reads input rows m - 1, m
+# and m + 1 through these kernel rows (None: not at all); the same holds for columns.
+_PHASE_TAPS = ((3, 1, None), (None, 2, 0))
+
+
+def _transposed_convolution_as_convolution(hidden_states: Tensor, upsample: nn.ConvTranspose2d) -> Tensor:
+    """`upsample(hidden_states)` (4x4 kernel, stride 2, padding 1) as one 3x3 convolution to 4x the channels, one
+    group per output phase (a, b), followed by a pixel shuffle that interleaves the phases."""
+    weight = upsample.weight  # (C_in, C_out, 4, 4)
+    zero = weight.new_zeros(weight.shape[1], weight.shape[0])
+    phases = []
+    for taps_y in _PHASE_TAPS:
+        for taps_x in _PHASE_TAPS:
+            rows = [
+                torch.stack([zero if ty is None or tx is None else weight[:, :, ty, tx].t() for tx in taps_x], dim=-1)
+                for ty in taps_y
+            ]
+            phases.append(torch.stack(rows, dim=-2))  # (C_out, C_in, 3, 3)
+    kernel = torch.stack(phases, dim=1).flatten(0, 1)  # (4 * C_out, C_in, 3, 3): channel 4c + 2a + b
+    bias = None if upsample.bias is None else upsample.bias.repeat_interleave(4)
+    return F.pixel_shuffle(F.conv2d(hidden_states, kernel, bias, padding=1), 2)
 
 
 class PEMPixelDecoder(nn.Module):
