@@ -64,7 +64,7 @@ def export_ready(model: PEMForUniversalSegmentation) -> PEMLogitsModule:
         raise TypeError(f"Expected a PEMForUniversalSegmentation to export, got {type(model).__name__}.")
     if not getattr(model, "batch_norm_folded", False):
         model = copy.deepcopy(model).fold_batch_norm()
-    return PEMLogitsModule(model.eval())
+    return PEMLogitsModule(model).eval()
 
 
 def dynamic_shapes() -> dict:
