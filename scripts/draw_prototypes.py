@@ -1,6 +1,6 @@
 """Draw PEM's prototypes (`transformers_pem.draw_prototypes`) of a checkpoint on an image:
 
-    python scripts/draw_prototypes.py CHECKPOINT IMAGE OUTPUT.png [--queries 3 7 12]
+python scripts/draw_prototypes.py CHECKPOINT IMAGE OUTPUT.png [--queries 3 7 12]
 """
 
 import argparse
