@@ -17,6 +17,7 @@ from transformers_pem.commands import cli
 from transformers_pem.export_pem import (
     INT8_FILE,
     ONNX_FILE,
+    calibration_images,
     export,
     export_onnx,
     export_program,
@@ -272,6 +273,27 @@ def test_dynamic_int8_without_calibration_data(tmp_path):
     fp32 = PEMOnnxModel.from_pretrained(tmp_path / "onnx")(**inputs)
     int8 = PEMOnnxModel.from_pretrained(tmp_path / "onnx", file_name=INT8_FILE)(**inputs)
     assert torch.equal(fp32.class_queries_logits.argmax(-1), int8.class_queries_logits.argmax(-1))
+
+
+def test_calibration_images_from_a_folder_and_a_saved_dataset(trained_export, tmp_path):
+    """Calibration reads the images of a folder (recursively, name order) or the image column of a saved `datasets`
+    split, up to the number asked for."""
+    import datasets
+
+    _, _, images = trained_export
+    folder = tmp_path / "images"
+    (folder / "nested").mkdir(parents=True)
+    for index, image in enumerate(images):
+        image.save(folder / ("nested" if index % 2 else ".") / f"{index}.png")
+    (folder / "notes.txt").write_text("not an image")
+    from_folder = calibration_images(folder, num_images=3)
+    expected = [images[0], images[2], images[1]]  # 0.png, 2.png, then nested/1.png
+    assert [np.asarray(a).tolist() for a in from_folder] == [np.asarray(e).tolist() for e in expected]
+    datasets.DatasetDict({"validation": datasets.Dataset.from_dict({"image": images})}).save_to_disk(tmp_path / "ds")
+    from_dataset = calibration_images(tmp_path / "ds", num_images=10, split="validation")
+    assert [np.asarray(a).tolist() for a in from_dataset] == [np.asarray(e).tolist() for e in images]
+    with pytest.raises(ValueError, match="No images"):
+        calibration_images(folder / "*.txt", num_images=3)
 
 
 # ------------------------------------------------------------------------------------------------------ bad input

@@ -155,32 +155,24 @@ def export_onnx(
 
 
 def calibration_images(source: str | os.PathLike, num_images: int, split: str = "validation") -> list:
-    """Up to `num_images` PIL images for int8 calibration: the image files under a folder (recursively, in name
-    order), or the `image` column of a `datasets` dataset (a `save_to_disk` folder, or a Hub name with `split`)."""
+    """Up to `num_images` PIL images for int8 calibration: the image files of a folder or glob pattern (as `pem
+    predict` finds them, in name order), or the `image` column of a dataset that `load_segmentation_dataset` reads
+    (a `save_to_disk` folder, a `.parquet` file, a Hub name; `split` selects the split)."""
     from PIL import Image
 
-    from .media_pem import IMAGE_SUFFIXES
+    from .media_pem import IMAGE_SUFFIXES, find_sources
 
     path = Path(source)
-    if path.is_dir() and not (path / "dataset_info.json").is_file() and not (path / "dataset_dict.json").is_file():
-        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)[:num_images]
+    saved_dataset = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+    if (path.is_dir() and not saved_dataset) or any(character in str(source) for character in "*?["):
+        files = [file for file in find_sources(source) if file.suffix.lower() in IMAGE_SUFFIXES][:num_images]
         if not files:
-            raise ValueError(f"No images in {path} (looked for {', '.join(IMAGE_SUFFIXES)}) to calibrate with.")
+            raise ValueError(f"No images in {source} (looked for {', '.join(IMAGE_SUFFIXES)}) to calibrate with.")
         return [Image.open(file).convert("RGB") for file in files]
-    datasets = require("datasets", "train", "Calibration on a `datasets` split")
-    if path.is_dir():
-        dataset = datasets.load_from_disk(str(path))
-        if isinstance(dataset, datasets.DatasetDict):
-            if split not in dataset:
-                raise ValueError(f"{path} has splits {list(dataset)}, not {split!r}: pass one of them as the split.")
-            dataset = dataset[split]
-    else:
-        try:
-            dataset = datasets.load_dataset(str(source), split=split)
-        except Exception as error:  # datasets raises many kinds for a name it cannot resolve
-            raise ValueError(
-                f"--calibration-data {source}: not a folder of images and not a loadable dataset ({error})."
-            ) from None
+    require("datasets", "train", "Calibration on a `datasets` split")
+    from .datasets_pem import _load_dataset_source
+
+    dataset = _load_dataset_source(str(source), split, {})
     if "image" not in dataset.column_names:
         raise ValueError(f"The calibration dataset has no 'image' column (columns: {dataset.column_names}).")
     return [image.convert("RGB") for image in dataset.select(range(min(num_images, len(dataset))))["image"]]
