@@ -3,9 +3,11 @@
 size."""
 
 import math
+from collections.abc import Callable
+from functools import partial
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 from .configuration_pem import MASK_STRIDE
@@ -100,12 +102,266 @@ def _semantic_scores(class_probs: torch.Tensor, mask_logits: torch.Tensor, size:
     return scores.view(-1, *size)
 
 
+def _resize_taps(in_size: int, out_size: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """Per output index of a bilinear resize from `in_size` to `out_size` (`align_corners=False`): the two input
+    indices it reads and the weight of the second, computed as PyTorch's resize kernel computes them."""
+    if in_size == out_size:
+        indices = torch.arange(out_size, device=device)
+        return indices, indices, torch.zeros(out_size, device=device)
+    scale = torch.tensor(in_size / out_size, dtype=torch.float32)
+    source = ((torch.arange(out_size, dtype=torch.float32) + 0.5) * scale - 0.5).clamp(min=0)
+    first = source.floor().long().clamp(max=in_size - 1)
+    second = (first + 1).clamp(max=in_size - 1)
+    return first.to(device), second.to(device), (source - first).clamp(0, 1).to(device)
+
+
+def _lerp(low: Tensor, high: Tensor, weight: Tensor) -> Tensor:
+    return (1 - weight) * low + weight * high
+
+
+class _ResizeChain:
+    """The two bilinear resizes of semantic post-processing along one axis: mask logits (`mask_size`) to the padded
+    input (`padded_size`), cropped to `valid_size`, then to `target_size`. For every output index: the mask rows (or
+    columns) whose values reach it, and the taps to compute it exactly."""
+
+    def __init__(self, mask_size: int, padded_size: int, valid_size: int, target_size: int, device: torch.device):
+        self.mask_size = mask_size
+        self.to_padded = _resize_taps(mask_size, padded_size, device)  # indexed by padded position
+        self.to_target = _resize_taps(valid_size, target_size, device)  # indexed by target position
+        first, second, _ = self.to_padded
+        # The mask positions an output position depends on: from the first tap of its first padded position to the
+        # second tap of its second one (a window of 2 mask positions, 3 after a second resize).
+        self.window_start = first[self.to_target[0]]
+        self.window = int((second[self.to_target[1]] - self.window_start).max()) + 1
+        self.target_is_valid = valid_size == target_size  # no second resize on this axis
+
+
+def _window_bounds(mask_logits: Tensor, window: tuple[int, int]) -> tuple[Tensor, Tensor]:
+    """Per mask position, the minimum and maximum mask logit of the `window` rows and columns starting there (the
+    last row and column repeated past the edge)."""
+    low = high = mask_logits
+    for dim, size in ((1, window[0]), (2, window[1])):
+        length = low.shape[dim]
+        edge = [low.narrow(dim, length - 1, 1)] * (size - 1), [high.narrow(dim, length - 1, 1)] * (size - 1)
+        padded_low, padded_high = torch.cat([low, *edge[0]], dim), torch.cat([high, *edge[1]], dim)
+        low, high = padded_low.narrow(dim, 0, length), padded_high.narrow(dim, 0, length)
+        for shift in range(1, size):
+            low = torch.minimum(low, padded_low.narrow(dim, shift, length))
+            high = torch.maximum(high, padded_high.narrow(dim, shift, length))
+    return low, high
+
+
+# A winner beats every other class's upper bound by at least this (relative to its score) to be taken at mask
+# resolution: far above the float rounding of the full-resolution scores (~1e-6), so it gives the same argmax.
+CERTAIN_MARGIN = 1e-4
+# Above this fraction of undecided output pixels (untrained models, flat masks), the full maps are cheaper.
+MAX_UNDECIDED_FRACTION = 0.5
+
+
+def _semantic_labels(
+    class_probs: Tensor,
+    mask_logits: Tensor,
+    padded_size: tuple[int, int],
+    valid_size: tuple[int, int],
+    target_size: tuple[int, int],
+    resize_masks_first: bool,
+) -> Tensor | None:
+    """The semantic argmax without the full-resolution class scores, or None where that does not pay.
+
+    Bilinear resizing keeps every output value between the values it interpolates, and the sigmoid and the class sums
+    are monotonic: so, per window of mask positions, `class_probs^T sigmoid(min logit)` and `class_probs^T sigmoid(max
+    logit)` bound every class score of the output pixels that window reaches. Where one class's lower bound beats all
+    other classes' upper bounds, that class is the answer for all those pixels (the inside of every region). Only the
+    remaining pixels (region borders) are computed exactly, at their positions, a chunk at a time.
+
+    Only the classes some query predicts can win in practice: the others are bounded together, by one column of
+    per-query maxima, and scored one by one only at the pixels where that bound comes close to the best score.
+    """
+    rows = _ResizeChain(mask_logits.shape[1], padded_size[0], valid_size[0], target_size[0], mask_logits.device)
+    cols = _ResizeChain(mask_logits.shape[2], padded_size[1], valid_size[1], target_size[1], mask_logits.device)
+    num_queries, num_labels = class_probs.shape
+    candidates = class_probs.argmax(dim=1).unique()  # sorted, so that ties go to the lower class as in `max`
+    others = torch.ones(num_labels, dtype=torch.bool, device=class_probs.device)
+    others[candidates] = False
+    bounding_probs = class_probs[:, candidates]  # (num_queries, candidates [+ 1 bound of all other classes])
+    if others.any():
+        bounding_probs = torch.cat([bounding_probs, class_probs[:, others].max(dim=1, keepdim=True).values], dim=1)
+
+    low, high = _window_bounds(mask_logits, (rows.window, cols.window))
+    lower = torch.mm(low.flatten(1).t().sigmoid_(), bounding_probs[:, : len(candidates)])  # (mask positions, classes)
+    upper = torch.mm(high.flatten(1).t().sigmoid_(), bounding_probs)
+    winner, decided = _decided_winner(lower, upper)
+    width = mask_logits.shape[2]
+    window_index = rows.window_start[:, None] * width + cols.window_start[None, :]  # (target height, target width)
+    labels = candidates[winner][window_index]
+    undecided = (~decided[window_index]).nonzero()
+    if len(undecided) > MAX_UNDECIDED_FRACTION * labels.numel():
+        return None
+
+    pixel_logits = mask_logits.flatten(1).t().contiguous()  # (mask positions, num_queries): a pixel's queries at once
+    chunk = max(1, SEMANTIC_BAND_ELEMENTS // num_queries)
+    for start in range(0, len(undecided), chunk):
+        y, x = undecided[start : start + chunk].unbind(1)
+        scores = _exact_scores(bounding_probs, pixel_logits, rows, cols, y, x, resize_masks_first)
+        winner, decided = _decided_winner(scores[:, : len(candidates)], scores)
+        labels[y, x] = candidates[winner]
+        if not decided.all():  # another class comes close: score them all
+            y, x = y[~decided], x[~decided]
+            scores = _exact_scores(class_probs, pixel_logits, rows, cols, y, x, resize_masks_first)
+            labels[y, x] = scores.max(dim=1).indices
+    return labels
+
+
+def _decided_winner(lower: Tensor, upper: Tensor) -> tuple[Tensor, Tensor]:
+    """Per row (a pixel or window): the column of the largest lower bound, and whether it beats the upper bounds of
+    all other columns of `upper` (the same columns, then any extra ones) by the margin."""
+    best, winner = lower.max(dim=1)
+    runner_up = upper.scatter(1, winner[:, None], -math.inf).max(dim=1).values
+    return winner, (best - runner_up) > CERTAIN_MARGIN * best.abs().clamp(min=1)
+
+
+def _padded_logits(
+    pixel_logits: Tensor, rows: _ResizeChain, cols: _ResizeChain, padded_y: Tensor, padded_x: Tensor
+) -> Tensor:
+    """`(pixels, num_queries)` mask logits resized to the padded input, at the padded positions `(padded_y,
+    padded_x)`, from the mask logits laid out `(mask height * mask width, num_queries)`."""
+    width = cols.mask_size
+    y0, y1, wy = (tap[padded_y] for tap in rows.to_padded)
+    x0, x1, wx = (tap[padded_x] for tap in cols.to_padded)
+    wx = wx[:, None]
+    top = _lerp(pixel_logits[y0 * width + x0], pixel_logits[y0 * width + x1], wx)
+    bottom = _lerp(pixel_logits[y1 * width + x0], pixel_logits[y1 * width + x1], wx)
+    return _lerp(top, bottom, wy[:, None])
+
+
+def _interpolate_at(
+    rows: _ResizeChain, cols: _ResizeChain, y: Tensor, x: Tensor, padded_values: Callable[[Tensor, Tensor], Tensor]
+) -> Tensor:
+    """`(len(y), channels)` values at the output pixels `(y, x)` of the second resize (cropped padded input to the
+    output size) of the `(pixels, channels)` values `padded_values(padded_y, padded_x)` gives at padded positions.
+    Each padded position an output pixel interpolates is computed once."""
+    (y0, y1, wy), (x0, x1, wx) = ((tap[y] for tap in rows.to_target), (tap[x] for tap in cols.to_target))
+    corner_rows = [y0] if rows.target_is_valid else [y0, y1]
+    corner_cols = [x0] if cols.target_is_valid else [x0, x1]
+    padded_width = len(cols.to_padded[0])
+    corners = torch.stack([row * padded_width + col for row in corner_rows for col in corner_cols])
+    positions, corners = torch.unique(corners, return_inverse=True)
+    values = padded_values(positions // padded_width, positions % padded_width)
+    corner_values = [values[index] for index in corners]
+    if not cols.target_is_valid:
+        wx = wx[:, None]
+        corner_values = [_lerp(left, right, wx) for left, right in zip(corner_values[::2], corner_values[1::2])]
+    if not rows.target_is_valid:
+        corner_values = [_lerp(corner_values[0], corner_values[1], wy[:, None])]
+    return corner_values[0]
+
+
+def _exact_scores(
+    class_probs: Tensor,
+    pixel_logits: Tensor,
+    rows: _ResizeChain,
+    cols: _ResizeChain,
+    y: Tensor,
+    x: Tensor,
+    resize_masks_first: bool,
+) -> Tensor:
+    """`(len(y), num_labels)` class scores of the output pixels `(y, x)`, computed as the full maps compute them."""
+    if resize_masks_first:
+        logits = _interpolate_at(rows, cols, y, x, partial(_padded_logits, pixel_logits, rows, cols))
+        return torch.mm(logits.sigmoid_(), class_probs)
+
+    def padded_scores(padded_y: Tensor, padded_x: Tensor) -> Tensor:
+        return torch.mm(_padded_logits(pixel_logits, rows, cols, padded_y, padded_x).sigmoid_(), class_probs)
+
+    return _interpolate_at(rows, cols, y, x, padded_scores)
+
+
 def _crop_and_resize(maps: torch.Tensor, valid_size: tuple[int, int], target_size: tuple[int, int]) -> torch.Tensor:
     """Drop the batch padding (bottom/right), then resize to the output size (detectron2 `sem_seg_postprocess`).
 
     A bilinear resize to the same size is the identity, so it is skipped."""
     maps = maps[:, : valid_size[0], : valid_size[1]]
     return maps if tuple(valid_size) == tuple(target_size) else _upsample(maps, target_size)
+
+
+# Mask logits this close to the mask threshold's logit are compared at full resolution.
+THRESHOLD_MARGIN = 1e-3
+
+
+def _panoptic_maps(
+    scores: Tensor,
+    mask_logits: Tensor,
+    mask_threshold: float,
+    padded_size: tuple[int, int],
+    valid_size: tuple[int, int],
+    target_size: tuple[int, int],
+) -> tuple[Tensor, Tensor, list[int]] | None:
+    """What panoptic post-processing needs of the kept queries' masks at the output size, without them: per pixel, the
+    query with the largest `score * sigmoid(mask)` (as `max(dim=0)` finds it) and whether its mask reaches
+    `mask_threshold` there; per query, its area above the threshold. None where that does not pay.
+
+    As in `_semantic_labels`, windows of mask positions bound the pixels they reach: where one query's lower bound
+    beats every other query's upper bound, and no mask crosses the threshold inside the window, the window decides all
+    its pixels. The other pixels (borders of masks) are computed exactly, a chunk at a time.
+    """
+    if not 0.0 < mask_threshold < 1.0:
+        return None
+    threshold_logit = math.log(mask_threshold / (1.0 - mask_threshold))
+    rows = _ResizeChain(mask_logits.shape[1], padded_size[0], valid_size[0], target_size[0], mask_logits.device)
+    cols = _ResizeChain(mask_logits.shape[2], padded_size[1], valid_size[1], target_size[1], mask_logits.device)
+    num_queries = len(scores)
+    low, high = (bound.flatten(1) for bound in _window_bounds(mask_logits, (rows.window, cols.window)))
+    all_above = low >= threshold_logit + THRESHOLD_MARGIN  # (queries, mask positions)
+    crossing = (high >= threshold_logit - THRESHOLD_MARGIN) & ~all_above
+    winner, decided = _decided_winner(low.t().sigmoid() * scores, high.t().sigmoid() * scores)
+    exact_windows = ~decided | crossing.any(dim=0)
+
+    window_index = rows.window_start[:, None] * mask_logits.shape[2] + cols.window_start[None, :]
+    exact = exact_windows[window_index].flatten().nonzero()[:, 0]
+    if len(exact) > MAX_UNDECIDED_FRACTION * window_index.numel():
+        return None
+    winners = winner[window_index]
+    winner_above = all_above.gather(0, winner[None])[0][window_index]
+    # Areas of the decided windows: the output pixels each window reaches, counted per mask row and column.
+    pixels_per_window = (
+        torch.bincount(rows.window_start, minlength=mask_logits.shape[1])[:, None]
+        * torch.bincount(cols.window_start, minlength=mask_logits.shape[2])[None, :]
+    ).flatten()
+    areas = (all_above & ~exact_windows) * pixels_per_window  # (queries, mask positions)
+    areas = areas.sum(dim=1)
+
+    pixel_logits = mask_logits.flatten(1).t().contiguous()  # (mask positions, queries)
+    chunk = max(1, SEMANTIC_BAND_ELEMENTS // num_queries)
+    for start in range(0, len(exact), chunk):
+        pixels = exact[start : start + chunk]
+        y, x = pixels // target_size[1], pixels % target_size[1]
+        masks = _interpolate_at(rows, cols, y, x, partial(_padded_logits, pixel_logits, rows, cols)).sigmoid_()
+        above = masks >= mask_threshold  # (pixels, queries)
+        areas += above.sum(dim=0)
+        pixel_winners = (masks * scores).max(dim=1).indices
+        winners.view(-1)[pixels] = pixel_winners
+        winner_above.view(-1)[pixels] = above.gather(1, pixel_winners[:, None])[:, 0]
+    return winners, winner_above, areas.tolist()
+
+
+# Query masks compared at a time by `_best_instance_map`.
+INSTANCE_MAP_CHUNK = 16
+
+
+def _best_instance_map(binary_masks: Tensor, detection_queries: Tensor) -> Tensor:
+    """`(height, width)` map of the first detection (in `detection_queries` order, one query per detection) whose
+    query mask covers each pixel; -1 where none does. Detections of the same query share its mask, so each query
+    counts with its first detection, and the masks are compared a chunk of queries at a time."""
+    num_detections = len(detection_queries)
+    first_detection = torch.full((len(binary_masks),), num_detections, dtype=torch.int32, device=binary_masks.device)
+    ranks = torch.arange(num_detections, dtype=torch.int32, device=binary_masks.device)
+    first_detection.scatter_reduce_(0, detection_queries, ranks, reduce="amin")
+    best = torch.full(binary_masks.shape[1:], num_detections, dtype=torch.int32, device=binary_masks.device)
+    for start in range(0, len(binary_masks), INSTANCE_MAP_CHUNK):
+        chunk = slice(start, start + INSTANCE_MAP_CHUNK)
+        covering = torch.where(binary_masks[chunk], first_detection[chunk, None, None], num_detections)
+        best = torch.minimum(best, covering.amin(dim=0))
+    return best.masked_fill_(best == num_detections, -1)
 
 
 # The post-processing settings a processor takes from its model's config (`PEMConfig`), where they are stated.
@@ -190,6 +446,18 @@ class PEMPostProcessingMixin:
             class_logits, mask_logits, valid_sizes, target_sizes
         ):
             class_probs = class_logit.softmax(dim=-1)[:, :-1]  # (num_queries, num_labels); no-object dropped
+            if not return_segmentation_scores:
+                segmentation = _semantic_labels(
+                    class_probs,
+                    mask_logit,
+                    padded_size,
+                    valid_size,
+                    target_size,
+                    self.resize_masks_before_semantic_inference,
+                )
+                if segmentation is not None:
+                    results.append(segmentation)
+                    continue
             if self.resize_masks_before_semantic_inference:
                 masks = _crop_and_resize(_upsample(mask_logit, padded_size), valid_size, target_size)
                 # The sigmoids in place on the freshly resized masks: no second tensor of this size.
@@ -270,30 +538,40 @@ class PEMPostProcessingMixin:
             results.append({"segmentation": segmentation, "segments_info": segments_info})
             if not keep.any():
                 continue
-            masks = _crop_and_resize(_upsample(mask_logit[keep], padded_size), valid_size, target_size).sigmoid_()
             scores, labels = scores[keep], labels[keep]
-            winners = (scores.view(-1, 1, 1) * masks).max(dim=0).indices  # (height, width) index of the kept query
+            mask_logit = mask_logit[keep]
+            maps = _panoptic_maps(scores, mask_logit, mask_threshold, padded_size, valid_size, target_size)
+            if maps is None:  # the masks at the output size
+                masks = _crop_and_resize(_upsample(mask_logit, padded_size), valid_size, target_size).sigmoid_()
+                above = masks >= mask_threshold  # (kept queries, height, width)
+                original_areas = above.flatten(1).sum(dim=1).tolist()
+                winners = masks.mul_(scores.view(-1, 1, 1)).max(dim=0).indices
+                winner_above = above.gather(0, winners[None])[0]
+            else:
+                winners, winner_above, original_areas = maps
+            won_areas = torch.bincount(winners.flatten(), minlength=len(labels)).tolist()
+            visible_areas = torch.bincount(winners[winner_above], minlength=len(labels)).tolist()
+            # Each pixel belongs to its winner's segment: the segment ids of the kept queries (0: rejected), in the
+            # official order, then one lookup for the whole map.
+            segment_of_query = [0] * len(labels)
             fused_segment_ids: dict[int, int] = {}
-            for k in range(len(labels)):
-                label = int(labels[k])
-                won = winners == k
-                mask = won & (masks[k] >= mask_threshold)
-                mask_area, original_area = int(won.sum()), int((masks[k] >= mask_threshold).sum())
-                if mask_area == 0 or original_area == 0 or not mask.any():
+            for k, label in enumerate(labels.tolist()):
+                if won_areas[k] == 0 or original_areas[k] == 0 or visible_areas[k] == 0:
                     continue
-                if mask_area / original_area < overlap_mask_area_threshold:
+                if won_areas[k] / original_areas[k] < overlap_mask_area_threshold:
                     continue
                 should_fuse = label in label_ids_to_fuse
                 if should_fuse and label in fused_segment_ids:
-                    segmentation[mask] = fused_segment_ids[label]
+                    segment_of_query[k] = fused_segment_ids[label]
                     continue
-                segment_id = len(segments_info) + 1
-                segmentation[mask] = segment_id
+                segment_id = segment_of_query[k] = len(segments_info) + 1
                 segments_info.append(
                     {"id": segment_id, "label_id": label, "was_fused": should_fuse, "score": float(scores[k])}
                 )
                 if should_fuse:
                     fused_segment_ids[label] = segment_id
+            segment_ids = torch.tensor(segment_of_query, dtype=torch.int32, device=segmentation.device)
+            segmentation.copy_(torch.where(winner_above, segment_ids[winners], 0))
         return results
 
     @torch.no_grad()
@@ -362,26 +640,24 @@ class PEMPostProcessingMixin:
             # Masks depend only on the query: resize each selected query once (detections share queries).
             queries, detection_query = torch.unique(queries, return_inverse=True)
             masks = _crop_and_resize(_upsample(mask_logit[queries], padded_size), valid_size, target_size)
-            binary_masks = (masks > mask_logit_threshold).float()
-            mask_scores = (masks.sigmoid().flatten(1) * binary_masks.flatten(1)).sum(1) / (
+            binary_masks = masks > mask_logit_threshold  # (queries, height, width)
+            # Sigmoids in place: only the binary masks are needed after the mask scores.
+            mask_scores = (masks.sigmoid_().flatten(1) * binary_masks.flatten(1)).sum(1) / (
                 binary_masks.flatten(1).sum(1) + 1e-6
             )
             scores = topk_scores * mask_scores[detection_query]
             order = [i for i in scores.argsort(descending=True, stable=True).tolist() if scores[i] >= threshold]
-            binary_masks = binary_masks[detection_query[order]].bool()
 
             segments_info = [
                 {"id": index, "label_id": int(labels[i]), "was_fused": False, "score": float(scores[i])}
                 for index, i in enumerate(order)
             ]
             if return_binary_maps:
-                segmentation = binary_masks
+                segmentation = binary_masks[detection_query[order]]
             elif return_coco_annotation:
-                segmentation = [binary_mask_to_rle(mask) for mask in binary_masks]
+                segmentation = [binary_mask_to_rle(binary_masks[query]) for query in detection_query[order].tolist()]
             else:
-                segmentation = torch.full(target_size, -1, dtype=torch.int32, device=masks.device)
-                for index in reversed(range(len(order))):  # the best-scoring instance ends on top
-                    segmentation[binary_masks[index]] = index
+                segmentation = _best_instance_map(binary_masks, detection_query[order])
             results.append({"segmentation": segmentation, "segments_info": segments_info})
         return results
 
