@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from multiprocessing import get_context
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -211,6 +212,40 @@ def synthetic_targets(
         mask_labels.append((semantic[None] == classes[:, None, None]).float())
         class_labels.append(classes)
     return mask_labels, class_labels
+
+
+def confident_outputs(
+    batch_size: int,
+    num_queries: int,
+    num_labels: int,
+    mask_size: tuple[int, int],
+    seed: int = 0,
+    object_fraction: float = 0.5,
+) -> SimpleNamespace:
+    """Model outputs shaped like a trained model's, for timing and testing post-processing (random weights give flat
+    masks and no confident class, so post-processing would keep nothing): `object_fraction` of the queries each
+    predict one class with high confidence and own one region of a Voronoi partition of the mask grid (logits +6
+    inside, -6 outside, blurred borders, noise); the others predict "no object" and repeat an object query's mask."""
+    generator = torch.Generator().manual_seed(seed)
+    height, width = mask_size
+    num_objects = max(1, int(num_queries * object_fraction))
+    rows, cols = torch.meshgrid(torch.arange(height).float(), torch.arange(width).float(), indexing="ij")
+    class_logits, mask_logits = [], []
+    for _ in range(batch_size):
+        labels = torch.randint(num_labels, (num_queries,), generator=generator)
+        labels[num_objects:] = num_labels  # no object
+        logits = torch.randn(num_queries, num_labels + 1, generator=generator)
+        logits[torch.arange(num_queries), labels] += 8.0
+        centres = torch.rand(num_objects, 2, generator=generator) * torch.tensor([height, width])
+        distances = (rows - centres[:, 0, None, None]) ** 2 + (cols - centres[:, 1, None, None]) ** 2
+        region = distances.argmin(dim=0)  # (height, width) object query of each mask position
+        repeated = torch.randint(num_objects, (num_queries - num_objects,), generator=generator)
+        owner = torch.cat([torch.arange(num_objects), repeated])
+        masks = torch.where(region == owner[:, None, None], 6.0, -6.0)
+        masks = F.avg_pool2d(masks[None], 5, stride=1, padding=2, count_include_pad=False)[0]
+        class_logits.append(logits)
+        mask_logits.append(masks + 0.5 * torch.randn(num_queries, height, width, generator=generator))
+    return SimpleNamespace(class_queries_logits=torch.stack(class_logits), masks_queries_logits=torch.stack(mask_logits))
 
 
 def _synchronize(device: torch.device) -> None:

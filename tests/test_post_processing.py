@@ -1,6 +1,7 @@
 """Post-processing of PEMImageProcessor against the official PEM inference and an independent reference."""
 
 import json
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from transformers_pem import post_processing_pem
 from transformers_pem.image_processing_pem import PEMImageProcessor
 from transformers_pem.image_processing_pem_pil import PEMImageProcessorPil
 from transformers_pem.labels_pem import CITYSCAPES_LABELS
@@ -563,3 +565,96 @@ def test_overlay_accepts_pil_images():
     image = PIL.Image.new("RGB", (8, 6), (10, 20, 30))
     drawn = draw_segmentation(image, np.ones((6, 8), dtype=np.int64), palette="ade20k", show_legend=False)
     assert drawn.size == (8, 6) and drawn.mode == "RGB"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Post-processing at mask resolution (decided windows, exact borders) against the full-resolution maps
+# ---------------------------------------------------------------------------------------------------------------------
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from benchmark import confident_outputs  # noqa: E402
+
+
+def full_resolution(monkeypatch):
+    """Make post-processing take its full-resolution path (the maps of all queries at the output size)."""
+    monkeypatch.setattr(post_processing_pem, "_semantic_labels", lambda *args: None)
+    monkeypatch.setattr(post_processing_pem, "_panoptic_maps", lambda *args: None)
+
+
+# (mask size, padded size, valid size of image 0, target sizes): no resize after the crop, enlarged, reduced, padded.
+DECIDED_CASES = [
+    ((32, 64), (128, 256), (128, 256), [(128, 256), (128, 256)]),
+    ((32, 48), (128, 192), (100, 192), [(150, 213), (128, 192)]),
+    ((48, 32), (192, 128), (192, 97), [(61, 50), (333, 222)]),
+]
+
+
+@pytest.mark.parametrize("num_labels", [19, 150])
+@pytest.mark.parametrize(("mask_size", "padded_size", "valid_size", "target_sizes"), DECIDED_CASES)
+def test_decided_windows_give_the_full_resolution_results(
+    monkeypatch, num_labels, mask_size, padded_size, valid_size, target_sizes
+):
+    """Semantic (both orders) and panoptic results of the mask-resolution path equal those of the full maps, on
+    outputs shaped like a trained model's; the fast path is taken (it decides most pixels there)."""
+    model_outputs = confident_outputs(2, 16, num_labels, mask_size, seed=num_labels + mask_size[1])
+    model_outputs.pixel_mask = official_pixel_mask([valid_size, padded_size], padded_size)
+    thing_ids = list(range(0, num_labels, 3))
+    fast, full = {}, {}
+    for results, patch in ((fast, False), (full, True)):
+        with monkeypatch.context() as context:
+            if patch:
+                full_resolution(context)
+            else:  # the fast functions must answer, not fall back
+                for name in ("_semantic_labels", "_panoptic_maps"):
+                    function = getattr(post_processing_pem, name)
+                    context.setattr(post_processing_pem, name, lambda *a, f=function: _not_none(f(*a)))
+            for resize_first in (False, True):
+                processor = PEMImageProcessor(resize_masks_before_semantic_inference=resize_first, thing_ids=thing_ids)
+                results[resize_first] = processor.post_process_semantic_segmentation(
+                    model_outputs, target_sizes=target_sizes
+                )
+            results["panoptic"] = processor.post_process_panoptic_segmentation(
+                model_outputs, target_sizes=target_sizes
+            )
+    for b in range(2):
+        for resize_first in (False, True):
+            assert fast[resize_first][b].shape == tuple(target_sizes[b])
+            assert torch.equal(fast[resize_first][b], full[resize_first][b])
+        assert torch.equal(fast["panoptic"][b]["segmentation"], full["panoptic"][b]["segmentation"])
+        assert fast["panoptic"][b]["segments_info"] == full["panoptic"][b]["segments_info"]
+        assert len(fast["panoptic"][b]["segments_info"]) >= 4
+
+
+def _not_none(result):
+    assert result is not None, "the mask-resolution path fell back to the full maps"
+    return result
+
+
+@pytest.mark.parametrize("resize_first", [False, True])
+def test_decided_semantic_labels_match_the_reference(resize_first):
+    """The mask-resolution semantic labels against the independent float64 reference, where it is not near a tie."""
+    model_outputs = confident_outputs(1, 12, 7, (10, 14), seed=3)
+    padded_size, valid_size, target_size = (40, 56), (37, 50), (61, 45)
+    model_outputs.pixel_mask = official_pixel_mask([valid_size], padded_size)
+    processor = PEMImageProcessor(resize_masks_before_semantic_inference=resize_first)
+    labels = processor.post_process_semantic_segmentation(model_outputs, target_sizes=[target_size])[0]
+    expected = reference_semantic(
+        model_outputs.class_queries_logits[0].numpy(),
+        model_outputs.masks_queries_logits[0].numpy(),
+        padded_size,
+        valid_size,
+        target_size,
+        resize_first,
+    )
+    top2 = np.sort(expected, axis=0)[-2:]
+    clear = torch.from_numpy(top2[1] - top2[0] > 1e-5)
+    assert clear.float().mean() > 0.99
+    assert torch.equal(labels[clear], torch.from_numpy(expected.argmax(0))[clear])
+
+
+def test_flat_masks_fall_back_to_the_full_maps():
+    """Untrained outputs (no confident class, flat masks) leave most pixels undecided: the full maps are computed."""
+    class_logits, mask_logits = random_outputs(7, batch_size=1, num_queries=8, mask_size=(16, 16), sharp=0.1)
+    probs = class_logits[0].softmax(-1)[:, :-1]
+    mask_logits = mask_logits * 0.01
+    assert post_processing_pem._semantic_labels(probs, mask_logits[0], (64, 64), (64, 64), (64, 64), False) is None
