@@ -245,7 +245,9 @@ def confident_outputs(
         masks = F.avg_pool2d(masks[None], 5, stride=1, padding=2, count_include_pad=False)[0]
         class_logits.append(logits)
         mask_logits.append(masks + 0.5 * torch.randn(num_queries, height, width, generator=generator))
-    return SimpleNamespace(class_queries_logits=torch.stack(class_logits), masks_queries_logits=torch.stack(mask_logits))
+    return SimpleNamespace(
+        class_queries_logits=torch.stack(class_logits), masks_queries_logits=torch.stack(mask_logits)
+    )
 
 
 def _synchronize(device: torch.device) -> None:

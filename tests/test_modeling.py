@@ -1,5 +1,6 @@
 """PEMConfig, PEMModel and PEMForUniversalSegmentation: shapes, batching, loss, training, save/load, Auto classes."""
 
+import copy
 import json
 import math
 
@@ -399,6 +400,7 @@ def test_folded_batch_norm_gives_the_same_outputs(tmp_path, backbone):
     """fold_batch_norm() (inference) against the plain model, with non-trivial BatchNorm statistics."""
     model = model_with_batch_norm_statistics(backbone)
     pixel_values = torch.randn(2, 3, 96, 128)
+    model.fold_for_inference = False  # the plain model itself
     with torch.no_grad():
         plain = model(pixel_values)
         folded_model = model.fold_batch_norm()
@@ -451,6 +453,7 @@ def test_compiled_folded_model_gives_the_same_outputs():
     """The deployment setting of the benchmark's "compiled" models: folded, then torch.compile with inductor's
     freezing (weights become constants, convolutions and ReLUs are fused)."""
     model = model_with_batch_norm_statistics("resnet")
+    model.fold_for_inference = False
     pixel_values = torch.randn(1, 3, 96, 128)
     with torch.inference_mode():
         plain = model(pixel_values)
@@ -459,3 +462,71 @@ def test_compiled_folded_model_gives_the_same_outputs():
         model(pixel_values)  # a second call reuses the compiled graph
     torch.testing.assert_close(compiled.class_queries_logits, plain.class_queries_logits, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(compiled.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-4)
+
+
+def backbone_model(backbone: str) -> PEMForUniversalSegmentation:
+    if backbone == "timm":
+        torch.manual_seed(0)
+        config = tiny_config(
+            backbone_config=TimmBackboneConfig(backbone="resnet18", out_indices=[1, 2, 3, 4], num_channels=3)
+        )
+        model = PEMForUniversalSegmentation(config)
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_var.uniform_(0.5, 2.0)
+        return model.eval()
+    return model_with_batch_norm_statistics(backbone)
+
+
+@pytest.mark.parametrize("backbone", ["stdc", "resnet", "timm"])
+def test_inference_runs_a_folded_copy_and_the_model_stays_trainable(tmp_path, backbone):
+    """In eval mode without gradients the model runs a private folded copy (no call needed); the model itself keeps
+    its BatchNorm layers: it trains, saves and reloads unfolded weights, and inference follows its weight changes."""
+    model = backbone_model(backbone)
+    pixel_values = torch.randn(2, 3, 64, 96)
+    before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
+    with torch.no_grad():
+        default = model(pixel_values)
+    folded_copy = model._folded_copy[1]
+    assert folded_copy.batch_norm_folded and not model.batch_norm_folded
+    with torch.no_grad():
+        explicitly_folded = copy.deepcopy(model).fold_batch_norm()(pixel_values)
+        model.fold_for_inference = False
+        plain = model(pixel_values)
+        model.fold_for_inference = True
+    assert torch.equal(default.masks_queries_logits, explicitly_folded.masks_queries_logits)
+    torch.testing.assert_close(default.masks_queries_logits, plain.masks_queries_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(default.class_queries_logits, plain.class_queries_logits, atol=1e-4, rtol=1e-4)
+    # The model's own weights are untouched; with gradients it runs itself (gradients reach every convolution).
+    assert model.state_dict().keys() == before.keys()
+    assert all(torch.equal(model.state_dict()[name], tensor) for name, tensor in before.items())
+    with_grad = model(pixel_values)
+    assert torch.equal(with_grad.masks_queries_logits.detach(), plain.masks_queries_logits)
+    with_grad.masks_queries_logits.sum().backward()
+    assert all(p.grad is not None for n, p in model.named_parameters() if "conv" in n and p.requires_grad)
+
+    # A training step changes the weights: the next inference refolds them.
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer.step()
+    model.eval()
+    with torch.inference_mode():
+        after_step = model(pixel_values)
+        expected = copy.deepcopy(model).fold_batch_norm()(pixel_values)
+    assert model._folded_copy[1] is not folded_copy
+    # Equal up to the last bit (oneDNN may pick other kernels for other weight addresses).
+    torch.testing.assert_close(after_step.masks_queries_logits, expected.masks_queries_logits, rtol=1e-6, atol=1e-5)
+    assert (after_step.masks_queries_logits - default.masks_queries_logits).abs().max() > 1e-2
+
+    # Saved and reloaded: the unfolded weights, and the same inference.
+    model.save_pretrained(tmp_path)
+    reloaded = PEMForUniversalSegmentation.from_pretrained(tmp_path).eval()
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in reloaded.modules())
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[name], tensor), name
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(pixel_values).masks_queries_logits, expected.masks_queries_logits)
+    # Another dtype or device refolds as well.
+    model.double()
+    with torch.no_grad():
+        assert model(pixel_values.double()).masks_queries_logits.dtype == torch.float64
