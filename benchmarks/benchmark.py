@@ -22,6 +22,7 @@ page-faults depends on what ran before it in the process, which moved Mask2Forme
 
 import argparse
 import contextlib
+import copy
 import gc
 import json
 import os
@@ -42,6 +43,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import PIL.Image
 import torch
 import torchvision
 import transformers
@@ -119,8 +121,9 @@ class ModelSpec:
     model_class: type[nn.Module]
     make_config: Callable[[int], PreTrainedConfig]
     make_processor: Callable[[int], Any]
-    # Inference optimisation (optimised models are not trained): None; "folded", `fold_batch_norm()`; "compiled",
-    # folded, then `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused);
+    # Inference optimisation (optimised models are not trained): None, the default (inference runs a BatchNorm-folded
+    # copy); "unfolded", `fold_for_inference = False` (the model as trained); "compiled", `fold_batch_norm()`, then
+    # `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused);
     # "onnx", exported (`export_pem.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that graph with
     # static int8 quantization (QDQ, per-channel weights) calibrated on random inputs.
     optimization: str | None = None
@@ -172,9 +175,9 @@ MODELS = {
         _pem_spec("r50"),
         _pem_spec("stdc1"),
         _pem_spec("stdc2"),
-        _pem_spec("r50", "folded"),
-        _pem_spec("stdc1", "folded"),
-        _pem_spec("stdc2", "folded"),
+        _pem_spec("r50", "unfolded"),
+        _pem_spec("stdc1", "unfolded"),
+        _pem_spec("stdc2", "unfolded"),
         _pem_spec("r50", "compiled"),
         _pem_spec("stdc1", "compiled"),
         _pem_spec("stdc2", "compiled"),
@@ -271,7 +274,9 @@ def _build_model(
     model = model_class(config).to(device).eval()
     if optimization in ONNX_OPTIMIZATIONS:
         return _onnx_model(model, optimization, seed)
-    if optimization in ("folded", "compiled"):
+    if optimization == "unfolded":
+        model.fold_for_inference = False
+    if optimization == "compiled":
         model.fold_batch_norm()
     if optimization == "compiled":
         # Compiled at the first call of every input size (in the warm-up runs).
@@ -666,6 +671,122 @@ def _time_inference(
     return results
 
 
+# Post-processing tasks timed on `confident_outputs`, and the batch sizes of the throughput measurement.
+POST_PROCESSING_TASKS = ("semantic", "panoptic", "instance")
+THROUGHPUT_BATCH_SIZES = (1, 4, 8)
+# Larger inputs are not measured in batches (batch 8 at 1024x2048 takes minutes per run on a CPU).
+MAX_THROUGHPUT_PIXELS = 512 * 1024
+
+
+def _random_image(scenario: Scenario, generator: torch.Generator) -> PIL.Image.Image:
+    pixels = torch.randint(0, 256, (scenario.height, scenario.width, 3), dtype=torch.uint8, generator=generator)
+    return PIL.Image.fromarray(pixels.numpy())
+
+
+def _end_to_end_processor(processor: PEMImageProcessor) -> PEMImageProcessor:
+    """The model's processor without its resize, so that the model sees the benchmark's input size."""
+    processor = copy.deepcopy(processor)
+    processor.do_resize = False
+    return processor
+
+
+def _time_end_to_end(
+    models: dict[str, nn.Module],
+    processors: dict[str, PEMImageProcessor],
+    scenario: Scenario,
+    device: torch.device,
+    repeats: int,
+    warmup: int,
+    generator: torch.Generator,
+    seed: int,
+) -> list[dict[str, Any]]:
+    """Image in, segments out, interleaved across models, each step timed apart on one PIL image: the processor, the
+    forward pass, the three post-processings on outputs shaped like a trained model's (`confident_outputs`: random
+    weights give flat masks that keep nothing), the processor + model + semantic post-processing called by hand, and
+    the `image-segmentation` pipeline (semantic) doing the same. Then images/s of processor + model + semantic
+    post-processing at batch 1, 4 and 8 (inputs up to `MAX_THROUGHPUT_PIXELS`)."""
+    from transformers import pipeline
+
+    image = _random_image(scenario, generator)
+    size = (scenario.height, scenario.width)
+    processors = {name: _end_to_end_processor(processors[name]) for name in models}
+    pipes = {
+        name: pipeline("image-segmentation", model=model, image_processor=processors[name], device=device)
+        for name, model in models.items()
+    }
+    confident = {}
+    for name, model in models.items():
+        config = model.config
+        outputs = confident_outputs(1, config.num_queries, config.num_labels, (size[0] // 4, size[1] // 4), seed)
+        confident[name] = SimpleNamespace(
+            class_queries_logits=outputs.class_queries_logits.to(device),
+            masks_queries_logits=outputs.masks_queries_logits.to(device),
+        )
+
+    def by_hand(name: str, images: list) -> None:
+        inputs = processors[name](images=images, return_tensors="pt").to(device)
+        outputs = models[name](**inputs)
+        processors[name].post_process_semantic_segmentation(outputs, target_sizes=[size] * len(images))
+
+    steps: dict[str, Callable[[str], Any]] = {
+        "preprocess_s": lambda name: processors[name](images=[image], return_tensors="pt"),
+        "forward_s": None,  # timed on the processed inputs below
+        **{
+            f"{task}_post_processing_s": (
+                lambda name, task=task: getattr(processors[name], f"post_process_{task}_segmentation")(
+                    confident[name], target_sizes=[size]
+                )
+            )
+            for task in POST_PROCESSING_TASKS
+        },
+        "by_hand_s": lambda name: by_hand(name, [image]),
+        "pipeline_s": lambda name: pipes[name](image, subtask="semantic"),
+    }
+    inputs = {name: processors[name](images=[image], return_tensors="pt").to(device) for name in models}
+    steps["forward_s"] = lambda name: models[name](**inputs[name])
+    times = {name: {key: [] for key in steps} for name in models}
+    for repeat in range(-warmup, repeats):
+        _log(f"end to end {scenario}: " + ("warm-up" if repeat < 0 else f"run {repeat + 1}/{repeats}"))
+        for name in models:
+            for key, step in steps.items():
+                with torch.inference_mode():
+                    start = _clock(device)
+                    step(name)
+                    elapsed = _clock(device) - start
+                if repeat >= 0:
+                    times[name][key].append(elapsed)
+
+    throughput_times = {name: {batch: [] for batch in THROUGHPUT_BATCH_SIZES} for name in models}
+    if scenario.height * scenario.width <= MAX_THROUGHPUT_PIXELS:
+        images = [_random_image(scenario, generator) for _ in range(max(THROUGHPUT_BATCH_SIZES))]
+        for repeat in range(-warmup, repeats):
+            _log(f"throughput {scenario}: " + ("warm-up" if repeat < 0 else f"run {repeat + 1}/{repeats}"))
+            for name in models:
+                for batch in THROUGHPUT_BATCH_SIZES:
+                    with torch.inference_mode():
+                        start = _clock(device)
+                        by_hand(name, images[:batch])
+                        elapsed = _clock(device) - start
+                    if repeat >= 0:
+                        throughput_times[name][batch].append(elapsed)
+
+    results = []
+    for name in models:
+        entry = {"model": name, **_setting(scenario, 1, "fp32")}
+        entry.update({key: _summary(values) for key, values in times[name].items()})
+        forward = entry["forward_s"]["median"]
+        entry["post_processing_over_forward"] = {
+            task: entry[f"{task}_post_processing_s"]["median"] / forward for task in POST_PROCESSING_TASKS
+        }
+        entry["pipeline_over_by_hand"] = entry["pipeline_s"]["median"] / entry["by_hand_s"]["median"]
+        entry["images_per_s"] = {
+            str(batch): batch / statistics.median(values) if values else None
+            for batch, values in throughput_times[name].items()
+        }
+        results.append(entry)
+    return results
+
+
 def _time_training(
     models: dict[str, nn.Module],
     scenario: Scenario,
@@ -766,6 +887,7 @@ def run_benchmark(
     device: str = "cpu",
     precisions: tuple[str, ...] = ("fp32",),
     post_processing: bool = True,
+    end_to_end: bool = True,
     gmacs: bool = True,
     memory: bool = True,
     threads: int | None = None,
@@ -783,6 +905,7 @@ def run_benchmark(
         device: "cpu" or "cuda[:index]".
         precisions: "fp32" and/or "amp" (autocast to float16 on CUDA, bfloat16 on CPU).
         post_processing, gmacs, memory: whether to time the post-processing, count GMACs, measure peak memory.
+        end_to_end: whether to time image in -> segments out step by step, the pipeline, and batched throughput.
         threads: `torch.set_num_threads` (default: PyTorch's choice).
         seed: seed of the random weights and inputs.
 
@@ -828,6 +951,7 @@ def run_benchmark(
         "parameters": [],
         "complexity": [],
         "inference": [],
+        "end_to_end": [],
         "training": [],
         "memory": [],
     }
@@ -852,7 +976,7 @@ def run_benchmark(
             if gmacs:
                 pixel_values = torch.randn(1, 3, scenario.height, scenario.width, generator=generator)
                 for spec in specs:
-                    if spec.optimization == "compiled" or spec.name in outside_torch:  # the folded model's count
+                    if spec.optimization == "compiled" or spec.name in outside_torch:  # the default model's count
                         continue
                     _log(f"GMACs {spec.name} {scenario}")
                     entry = {"model": spec.name, **_setting(scenario, 1, "fp32")}
@@ -876,6 +1000,18 @@ def run_benchmark(
                     generator,
                     baselines,
                 )
+            if end_to_end:
+                # The PEM models of the default and exported kinds: what pipeline and `predict` users run.
+                end_to_end_models = {
+                    spec.name: models[spec.name]
+                    for spec in specs
+                    if spec.model_class is PEMForUniversalSegmentation
+                    and spec.optimization in (None, *ONNX_OPTIMIZATIONS)
+                }
+                if end_to_end_models:
+                    results["end_to_end"] += _time_end_to_end(
+                        end_to_end_models, processors, scenario, torch_device, repeats, warmup, generator, seed
+                    )
         for scenario in group_train_sizes:
             for precision in precisions:
                 results["training"] += _time_training(
@@ -957,6 +1093,38 @@ INFERENCE_COLUMNS = [
     (
         "max rel. Δ to eager",
         lambda e: "–" if e.get("max_relative_difference") is None else f"{e['max_relative_difference']:.1e}",
+    ),
+]
+
+
+def _share(entry: dict[str, Any], task: str) -> str:
+    return f"{_timing(entry[f'{task}_post_processing_s'])} ({entry['post_processing_over_forward'][task]:.0%})"
+
+
+END_TO_END_COLUMNS = [
+    ("Model", lambda e: e["model"]),
+    ("Input", _size),
+    ("Classes", lambda e: str(e["num_labels"])),
+    ("Preprocess (s)", lambda e: _timing(e["preprocess_s"])),
+    ("Forward (s)", lambda e: _timing(e["forward_s"])),
+    *(
+        (f"{task.capitalize()} post (s, % of forward)", lambda e, t=task: _share(e, t))
+        for task in POST_PROCESSING_TASKS
+    ),
+    ("By hand (s)", lambda e: _timing(e["by_hand_s"])),
+    ("Pipeline (s)", lambda e: _timing(e["pipeline_s"])),
+    ("Pipeline / by hand", lambda e: _number(e["pipeline_over_by_hand"])),
+]
+THROUGHPUT_COLUMNS = [
+    ("Model", lambda e: e["model"]),
+    ("Input", _size),
+    ("Classes", lambda e: str(e["num_labels"])),
+    *((f"Images/s, batch {b}", lambda e, b=b: _number(e["images_per_s"][str(b)])) for b in THROUGHPUT_BATCH_SIZES),
+    (
+        "Batch 4 / batch 1",
+        lambda e: (
+            _number(e["images_per_s"]["4"] / e["images_per_s"]["1"], suffix="×") if e["images_per_s"]["1"] else "–"
+        ),
     ),
 ]
 TRAINING_COLUMNS = [
@@ -1041,6 +1209,31 @@ def format_markdown(results: dict[str, Any]) -> str:
             "",
         ]
         lines += _table(INFERENCE_COLUMNS, results["inference"])
+    if results.get("end_to_end"):
+        lines += [
+            "",
+            "## End to end (image in, segments out)",
+            "",
+            "One PIL image of the input size, each step timed apart: the processor (without its resize), the forward "
+            "pass, the semantic, panoptic and instance post-processing to the input size on outputs shaped like a "
+            "trained model's (`confident_outputs`: one confident class and one region per object query; random "
+            "weights give flat masks that panoptic post-processing would drop), with their share of the forward "
+            "time; processor + model + semantic post-processing called by hand, and "
+            '`pipeline("image-segmentation", subtask="semantic")` doing the same (its masks as PIL images '
+            "included). The random model's own outputs are post-processed there.",
+            "",
+        ]
+        lines += _table(END_TO_END_COLUMNS, results["end_to_end"])
+        throughput = [e for e in results["end_to_end"] if e["images_per_s"]["1"] is not None]
+        if throughput:
+            lines += [
+                "",
+                "### Batched throughput",
+                "",
+                "Images/s through processor + model + semantic post-processing, images of the input size.",
+                "",
+            ]
+            lines += _table(THROUGHPUT_COLUMNS, throughput)
     if results["training"]:
         lines += ["", "## Training step (forward with the loss, backward, AdamW; synthetic targets)", ""]
         lines += _table(TRAINING_COLUMNS, results["training"])
@@ -1101,6 +1294,9 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="fp32 and/or amp (autocast: float16 on CUDA, bfloat16 on CPU). Default: fp32 on CPU, both on CUDA.",
     )
     parser.add_argument("--no-post-processing", action="store_true", help="Do not time the post-processing.")
+    parser.add_argument(
+        "--no-end-to-end", action="store_true", help="Do not time the whole path (processor to segments, pipeline)."
+    )
     parser.add_argument("--no-gmacs", action="store_true", help="Do not count GMACs (that needs fvcore).")
     parser.add_argument("--no-memory", action="store_true", help="Do not measure peak memory.")
     add_allocator_argument(parser)
@@ -1134,6 +1330,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         device=device,
         precisions=tuple(dict.fromkeys(precisions)),
         post_processing=not args.no_post_processing,
+        end_to_end=not args.no_end_to_end,
         gmacs=not args.no_gmacs,
         memory=not args.no_memory,
         threads=args.threads,
