@@ -78,7 +78,8 @@ COMPONENTS = {
 # Ops without multiply-adds (elementwise ops, reductions, comparisons, pooling): not counted, as in detectron2's
 # `analyze_model`, and declared so that `uncounted_ops` lists only ops whose multiply-adds would be missing.
 IGNORED_OPS = (
-    "aten::add", "aten::add_", "aten::addcmul", "aten::all", "aten::argmax", "aten::avg_pool2d", "aten::clamp_min",
+    "aten::_unique2", "aten::add", "aten::add_", "aten::addcmul", "aten::all", "aten::argmax", "aten::avg_pool2d",
+    "aten::clamp_min", "aten::maximum", "aten::minimum",
     "aten::cos", "aten::div", "aten::expand_as", "aten::linalg_vector_norm", "aten::linspace", "aten::lt",
     "aten::masked_fill", "aten::masked_fill_", "aten::max_pool2d", "aten::mean", "aten::meshgrid", "aten::mul",
     "aten::mul_", "aten::ne", "aten::numel", "aten::pow", "aten::repeat", "aten::repeat_interleave", "aten::rsub",
@@ -448,6 +449,8 @@ def count_gmacs(model: nn.Module, processor: Any, pixel_values: Tensor) -> dict[
             from fvcore.nn import FlopCountAnalysis
     except ImportError:
         raise ValueError("Counting GMACs needs fvcore: `pip install fvcore`, or pass --no-gmacs.") from None
+    # The model as it is: its inference would run a folded copy, which is not one of its modules.
+    folds, model.fold_for_inference = getattr(model, "fold_for_inference", False), False
     analysis = FlopCountAnalysis(_ForwardAndPostProcess(model, processor).eval(), (pixel_values,))
     analysis.set_op_handle(**dict.fromkeys(IGNORED_OPS))
     analysis.set_op_handle(**MAC_HANDLES)
@@ -456,6 +459,7 @@ def count_gmacs(model: nn.Module, processor: Any, pixel_values: Tensor) -> dict[
         warnings.simplefilter("ignore")  # tracer and deprecation warnings
         by_module = analysis.by_module()
         uncounted = dict(analysis.unsupported_ops())
+    model.fold_for_inference = folds
     gmacs = {"total": by_module["model"] / 1e9}
     for component, prefixes in COMPONENTS.items():
         gmacs[component] = sum(by_module.get(f"model.{prefix}", 0) for prefix in prefixes) / 1e9
@@ -1001,7 +1005,7 @@ def run_benchmark(
                     baselines,
                 )
             if end_to_end:
-                # The PEM models of the default and exported kinds: what pipeline and `predict` users run.
+                # The default PEM models: what pipeline and `predict` users run.
                 end_to_end_models = {
                     spec.name: models[spec.name]
                     for spec in specs

@@ -184,8 +184,25 @@ def test_results_structure(results):
             reference["step_s"]["median"] / pem["step_s"]["median"]
         )
 
+    # End to end: the PEM model only (Mask2Former's processor and pipeline are transformers' own).
+    (end_to_end,) = results["end_to_end"]
+    assert end_to_end["model"] == "pem-tiny" and [end_to_end[key] for key in SETTING] == [64, 96, 5, 1, "fp32"]
+    steps = ["preprocess_s", "forward_s", "by_hand_s", "pipeline_s"]
+    steps += [f"{task}_post_processing_s" for task in ("semantic", "panoptic", "instance")]
+    for key in steps:
+        check_summary(end_to_end[key], 3)
+    for task, share in end_to_end["post_processing_over_forward"].items():
+        post = end_to_end[f"{task}_post_processing_s"]["median"]
+        assert share == pytest.approx(post / end_to_end["forward_s"]["median"])
+    assert end_to_end["pipeline_over_by_hand"] == pytest.approx(
+        end_to_end["pipeline_s"]["median"] / end_to_end["by_hand_s"]["median"]
+    )
+    assert set(end_to_end["images_per_s"]) == {"1", "4", "8"} and all(
+        v > 0 for v in end_to_end["images_per_s"].values()
+    )
+
     markdown = format_markdown(results)
-    for heading in ("## Inference", "## Training step", "## Parameters", "## GMACs"):
+    for heading in ("## Inference", "## End to end", "### Batched", "## Training step", "## Parameters", "## GMACs"):
         assert heading in markdown
     assert "## Peak memory" not in markdown
     assert "| pem-tiny | 64×96 | 5 | amp |" in markdown
