@@ -694,6 +694,54 @@ def _end_to_end_processor(processor: PEMImageProcessor) -> PEMImageProcessor:
     return processor
 
 
+def _segment(model: nn.Module, processor: PEMImageProcessor, images: list, device: torch.device) -> list[Tensor]:
+    """Processor, model and semantic post-processing to the image sizes, called by hand."""
+    inputs = processor(images=images, return_tensors="pt").to(device)
+    outputs = model(**inputs)
+    return processor.post_process_semantic_segmentation(outputs, target_sizes=[image.size[::-1] for image in images])
+
+
+def measure_throughput(
+    model_class: type[nn.Module],
+    config: PreTrainedConfig,
+    processor: PEMImageProcessor,
+    scenario: Scenario,
+    device: str,
+    repeats: int,
+    warmup: int,
+    threads: int | None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Images/s (median of `repeats` runs after `warmup`) of processor + model + semantic post-processing on batches
+    of `THROUGHPUT_BATCH_SIZES` images of the scenario's size, by batch size. `run_benchmark` calls it in a fresh
+    process on CPU: large batches leave the allocator holding their peak, and a process holding every benchmarked
+    model would run out of memory."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    device = torch.device(device)
+    model = _build_model(model_class, config, device, seed)
+    processor = _end_to_end_processor(processor)
+    generator = torch.Generator().manual_seed(seed)
+    images = [_random_image(scenario, generator) for _ in range(max(THROUGHPUT_BATCH_SIZES))]
+    times = {batch: [] for batch in THROUGHPUT_BATCH_SIZES}
+    for repeat in range(-warmup, repeats):
+        for batch in THROUGHPUT_BATCH_SIZES:
+            with torch.inference_mode():
+                start = _clock(device)
+                _segment(model, processor, images[:batch], device)
+                elapsed = _clock(device) - start
+            if repeat >= 0:
+                times[batch].append(elapsed)
+    return {str(batch): batch / statistics.median(values) for batch, values in times.items()}
+
+
+def _measure_throughput_isolated(device: torch.device, **kwargs) -> dict[str, float]:
+    if device.type == "cuda":
+        return measure_throughput(device=str(device), **kwargs)
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as executor:
+        return executor.submit(measure_throughput, device=str(device), **kwargs).result()
+
+
 def _time_end_to_end(
     models: dict[str, nn.Module],
     processors: dict[str, PEMImageProcessor],
@@ -707,8 +755,7 @@ def _time_end_to_end(
     """Image in, segments out, interleaved across models, each step timed apart on one PIL image: the processor, the
     forward pass, the three post-processings on outputs shaped like a trained model's (`confident_outputs`: random
     weights give flat masks that keep nothing), the processor + model + semantic post-processing called by hand, and
-    the `image-segmentation` pipeline (semantic) doing the same. Then images/s of processor + model + semantic
-    post-processing at batch 1, 4 and 8 (inputs up to `MAX_THROUGHPUT_PIXELS`)."""
+    the `image-segmentation` pipeline (semantic) doing the same."""
     from transformers import pipeline
 
     image = _random_image(scenario, generator)
@@ -728,9 +775,7 @@ def _time_end_to_end(
         )
 
     def by_hand(name: str, images: list) -> None:
-        inputs = processors[name](images=images, return_tensors="pt").to(device)
-        outputs = models[name](**inputs)
-        processors[name].post_process_semantic_segmentation(outputs, target_sizes=[size] * len(images))
+        _segment(models[name], processors[name], images, device)
 
     steps: dict[str, Callable[[str], Any]] = {
         "preprocess_s": lambda name: processors[name](images=[image], return_tensors="pt"),
@@ -760,20 +805,6 @@ def _time_end_to_end(
                 if repeat >= 0:
                     times[name][key].append(elapsed)
 
-    throughput_times = {name: {batch: [] for batch in THROUGHPUT_BATCH_SIZES} for name in models}
-    if scenario.height * scenario.width <= MAX_THROUGHPUT_PIXELS:
-        images = [_random_image(scenario, generator) for _ in range(max(THROUGHPUT_BATCH_SIZES))]
-        for repeat in range(-warmup, repeats):
-            _log(f"throughput {scenario}: " + ("warm-up" if repeat < 0 else f"run {repeat + 1}/{repeats}"))
-            for name in models:
-                for batch in THROUGHPUT_BATCH_SIZES:
-                    with torch.inference_mode():
-                        start = _clock(device)
-                        by_hand(name, images[:batch])
-                        elapsed = _clock(device) - start
-                    if repeat >= 0:
-                        throughput_times[name][batch].append(elapsed)
-
     results = []
     for name in models:
         entry = {"model": name, **_setting(scenario, 1, "fp32")}
@@ -783,10 +814,6 @@ def _time_end_to_end(
             task: entry[f"{task}_post_processing_s"]["median"] / forward for task in POST_PROCESSING_TASKS
         }
         entry["pipeline_over_by_hand"] = entry["pipeline_s"]["median"] / entry["by_hand_s"]["median"]
-        entry["images_per_s"] = {
-            str(batch): batch / statistics.median(values) if values else None
-            for batch, values in throughput_times[name].items()
-        }
         results.append(entry)
     return results
 
@@ -1013,9 +1040,25 @@ def run_benchmark(
                     and spec.optimization in (None, *ONNX_OPTIMIZATIONS)
                 }
                 if end_to_end_models:
-                    results["end_to_end"] += _time_end_to_end(
+                    entries = _time_end_to_end(
                         end_to_end_models, processors, scenario, torch_device, repeats, warmup, generator, seed
                     )
+                    for entry in entries:
+                        entry["images_per_s"] = dict.fromkeys(map(str, THROUGHPUT_BATCH_SIZES))
+                        if scenario.height * scenario.width <= MAX_THROUGHPUT_PIXELS:
+                            _log(f"throughput {entry['model']} {scenario}")
+                            entry["images_per_s"] = _measure_throughput_isolated(
+                                torch_device,
+                                model_class=PEMForUniversalSegmentation,
+                                config=configs[entry["model"]],
+                                processor=processors[entry["model"]],
+                                scenario=scenario,
+                                repeats=repeats,
+                                warmup=warmup,
+                                threads=torch.get_num_threads(),
+                                seed=seed,
+                            )
+                    results["end_to_end"] += entries
         for scenario in group_train_sizes:
             for precision in precisions:
                 results["training"] += _time_training(
