@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo test test-oldest lint benchmark clean
+.PHONY: demo demo-robustness test test-oldest lint benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) scripts/demo.py
+
+# The demo over 1 and 2 threads and 3 training seeds: its metrics' range (not part of `make test`; about 40 minutes).
+demo-robustness: $(STAMP)
+	$(PY) scripts/demo_robustness.py --threads 1 2 --seeds 0 1 2 --jobs 2
 
 # The web app's test drives Debian's headless Chromium (a browser download does not work offline).
 BROWSER := /usr/bin/chromedriver
