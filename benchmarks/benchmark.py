@@ -59,7 +59,7 @@ from transformers import (
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 from transformers_pem.commands import add_allocator_argument, apply_allocator_argument
-from transformers_pem.inference_pem import PRECISIONS, glibc_malloc_tuned, precision_autocast
+from transformers_pem.inference_pem import PRECISIONS, glibc_malloc_tuned, precision_autocast, tune_glibc_malloc
 from transformers_pem.labels_pem import DATASET_LABELS
 from transformers_pem.modeling_pem import PEMModulatedDeformConv
 
@@ -711,11 +711,14 @@ def measure_throughput(
     warmup: int,
     threads: int | None,
     seed: int = 0,
+    tune_malloc: bool = False,
 ) -> dict[str, float]:
     """Images/s (median of `repeats` runs after `warmup`) of processor + model + semantic post-processing on batches
     of `THROUGHPUT_BATCH_SIZES` images of the scenario's size, by batch size. `run_benchmark` calls it in a fresh
     process on CPU: large batches leave the allocator holding their peak, and a process holding every benchmarked
-    model would run out of memory."""
+    model would run out of memory. `tune_malloc`: apply `tune_glibc_malloc()` there, as in the calling process."""
+    if tune_malloc:
+        tune_glibc_malloc()
     if threads is not None:
         torch.set_num_threads(threads)
     device = torch.device(device)
@@ -1057,6 +1060,7 @@ def run_benchmark(
                                 warmup=warmup,
                                 threads=torch.get_num_threads(),
                                 seed=seed,
+                                tune_malloc=glibc_malloc_tuned(),
                             )
                     results["end_to_end"] += entries
         for scenario in group_train_sizes:
