@@ -777,12 +777,10 @@ def _time_end_to_end(
             masks_queries_logits=outputs.masks_queries_logits.to(device),
         )
 
-    def by_hand(name: str, images: list) -> None:
-        _segment(models[name], processors[name], images, device)
-
+    inputs = {name: processors[name](images=[image], return_tensors="pt").to(device) for name in models}
     steps: dict[str, Callable[[str], Any]] = {
         "preprocess_s": lambda name: processors[name](images=[image], return_tensors="pt"),
-        "forward_s": None,  # timed on the processed inputs below
+        "forward_s": lambda name: models[name](**inputs[name]),
         **{
             f"{task}_post_processing_s": (
                 lambda name, task=task: getattr(processors[name], f"post_process_{task}_segmentation")(
@@ -791,11 +789,9 @@ def _time_end_to_end(
             )
             for task in POST_PROCESSING_TASKS
         },
-        "by_hand_s": lambda name: by_hand(name, [image]),
+        "by_hand_s": lambda name: _segment(models[name], processors[name], [image], device),
         "pipeline_s": lambda name: pipes[name](image, subtask="semantic"),
     }
-    inputs = {name: processors[name](images=[image], return_tensors="pt").to(device) for name in models}
-    steps["forward_s"] = lambda name: models[name](**inputs[name])
     times = {name: {key: [] for key in steps} for name in models}
     for repeat in range(-warmup, repeats):
         _log(f"end to end {scenario}: " + ("warm-up" if repeat < 0 else f"run {repeat + 1}/{repeats}"))

@@ -23,8 +23,13 @@ MAX_SPREAD = 3.0
 
 
 def run_demo(output_dir: Path, threads: int, seed: int) -> dict:
-    command = [sys.executable, "scripts/demo.py", f"--output-dir={output_dir}", f"--threads={threads}"]
-    command.append(f"--seed={seed}")
+    command = [
+        sys.executable,
+        "scripts/demo.py",
+        f"--output-dir={output_dir}",
+        f"--threads={threads}",
+        f"--seed={seed}",
+    ]
     output_dir.mkdir(parents=True, exist_ok=True)
     with open(output_dir / "demo.log", "w") as log:
         subprocess.run(command, cwd=ROOT, check=True, stdout=log, stderr=subprocess.STDOUT)

@@ -343,15 +343,15 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         """The model that runs this forward pass in its place, or None: in eval mode without gradients (pipelines,
         `predict`, evaluation), a copy of this model with BatchNorm folded (`fold_batch_norm`): faster, and equal up
         to float rounding. The copy is made at the first such call and again whenever a parameter or buffer of this
-        model has changed (training step, `load_state_dict`, `.to()`); this model itself is never
-        changed, so it still trains, saves and reloads its unfolded weights. It costs a second copy of the weights:
-        set `fold_for_inference = False` to run this model as it is."""
+        model has changed (training step, `load_state_dict`, `.to()`); this model itself is never changed, so it
+        still trains, saves and reloads its unfolded weights. It costs a second copy of the weights: set
+        `fold_for_inference = False` to run this model as it is."""
         if not self.fold_for_inference:
-            self._folded_copy = None
+            self._folded_copy = None  # frees the copy
+            return None
         if (
             self.training
             or torch.is_grad_enabled()
-            or not self.fold_for_inference
             or self.batch_norm_folded
             or torch.compiler.is_compiling()
             or torch.compiler.is_exporting()

@@ -151,6 +151,16 @@ def _window_bounds(mask_logits: Tensor, window: tuple[int, int]) -> tuple[Tensor
     return low, high
 
 
+def _resize_grid(
+    mask_logits: Tensor, padded_size: tuple[int, int], valid_size: tuple[int, int], target_size: tuple[int, int]
+) -> tuple[_ResizeChain, _ResizeChain, Tensor]:
+    """The row and column resize chains of `(queries, mask height, mask width)` mask logits, and the
+    `(target height, target width)` flat index of the window of mask positions each output pixel depends on."""
+    rows = _ResizeChain(mask_logits.shape[1], padded_size[0], valid_size[0], target_size[0], mask_logits.device)
+    cols = _ResizeChain(mask_logits.shape[2], padded_size[1], valid_size[1], target_size[1], mask_logits.device)
+    return rows, cols, rows.window_start[:, None] * cols.mask_size + cols.window_start[None, :]
+
+
 # A winner beats every other class's upper bound by at least this (relative to its score) to be taken at mask
 # resolution: far above the float rounding of the full-resolution scores (~1e-6), so it gives the same argmax.
 CERTAIN_MARGIN = 1e-4
@@ -177,8 +187,7 @@ def _semantic_labels(
     Only the classes some query predicts can win in practice: the others are bounded together, by one column of
     per-query maxima, and scored one by one only at the pixels where that bound comes close to the best score.
     """
-    rows = _ResizeChain(mask_logits.shape[1], padded_size[0], valid_size[0], target_size[0], mask_logits.device)
-    cols = _ResizeChain(mask_logits.shape[2], padded_size[1], valid_size[1], target_size[1], mask_logits.device)
+    rows, cols, window_index = _resize_grid(mask_logits, padded_size, valid_size, target_size)
     num_queries, num_labels = class_probs.shape
     candidates = class_probs.argmax(dim=1).unique()  # sorted, so that ties go to the lower class as in `max`
     others = torch.ones(num_labels, dtype=torch.bool, device=class_probs.device)
@@ -191,8 +200,6 @@ def _semantic_labels(
     lower = torch.mm(low.flatten(1).t().sigmoid_(), bounding_probs[:, : len(candidates)])  # (mask positions, classes)
     upper = torch.mm(high.flatten(1).t().sigmoid_(), bounding_probs)
     winner, decided = _decided_winner(lower, upper)
-    width = mask_logits.shape[2]
-    window_index = rows.window_start[:, None] * width + cols.window_start[None, :]  # (target height, target width)
     labels = candidates[winner][window_index]
     undecided = (~decided[window_index]).nonzero()
     if len(undecided) > MAX_UNDECIDED_FRACTION * labels.numel():
@@ -256,6 +263,11 @@ def _interpolate_at(
     return corner_values[0]
 
 
+def _logits_at(pixel_logits: Tensor, rows: _ResizeChain, cols: _ResizeChain, y: Tensor, x: Tensor) -> Tensor:
+    """`(len(y), num_queries)` mask logits at the output pixels `(y, x)`, after both resizes."""
+    return _interpolate_at(rows, cols, y, x, partial(_padded_logits, pixel_logits, rows, cols))
+
+
 def _exact_scores(
     class_probs: Tensor,
     pixel_logits: Tensor,
@@ -267,8 +279,7 @@ def _exact_scores(
 ) -> Tensor:
     """`(len(y), num_labels)` class scores of the output pixels `(y, x)`, computed as the full maps compute them."""
     if resize_masks_first:
-        logits = _interpolate_at(rows, cols, y, x, partial(_padded_logits, pixel_logits, rows, cols))
-        return torch.mm(logits.sigmoid_(), class_probs)
+        return torch.mm(_logits_at(pixel_logits, rows, cols, y, x).sigmoid_(), class_probs)
 
     def padded_scores(padded_y: Tensor, padded_x: Tensor) -> Tensor:
         return torch.mm(_padded_logits(pixel_logits, rows, cols, padded_y, padded_x).sigmoid_(), class_probs)
@@ -307,16 +318,13 @@ def _panoptic_maps(
     if not 0.0 < mask_threshold < 1.0:
         return None
     threshold_logit = math.log(mask_threshold / (1.0 - mask_threshold))
-    rows = _ResizeChain(mask_logits.shape[1], padded_size[0], valid_size[0], target_size[0], mask_logits.device)
-    cols = _ResizeChain(mask_logits.shape[2], padded_size[1], valid_size[1], target_size[1], mask_logits.device)
+    rows, cols, window_index = _resize_grid(mask_logits, padded_size, valid_size, target_size)
     num_queries = len(scores)
     low, high = (bound.flatten(1) for bound in _window_bounds(mask_logits, (rows.window, cols.window)))
     all_above = low >= threshold_logit + THRESHOLD_MARGIN  # (queries, mask positions)
     crossing = (high >= threshold_logit - THRESHOLD_MARGIN) & ~all_above
     winner, decided = _decided_winner(low.t().sigmoid() * scores, high.t().sigmoid() * scores)
     exact_windows = ~decided | crossing.any(dim=0)
-
-    window_index = rows.window_start[:, None] * mask_logits.shape[2] + cols.window_start[None, :]
     exact = exact_windows[window_index].flatten().nonzero()[:, 0]
     if len(exact) > MAX_UNDECIDED_FRACTION * window_index.numel():
         return None
@@ -335,7 +343,7 @@ def _panoptic_maps(
     for start in range(0, len(exact), chunk):
         pixels = exact[start : start + chunk]
         y, x = pixels // target_size[1], pixels % target_size[1]
-        masks = _interpolate_at(rows, cols, y, x, partial(_padded_logits, pixel_logits, rows, cols)).sigmoid_()
+        masks = _logits_at(pixel_logits, rows, cols, y, x).sigmoid_()
         above = masks >= mask_threshold  # (pixels, queries)
         areas += above.sum(dim=0)
         pixel_winners = (masks * scores).max(dim=1).indices
