@@ -47,8 +47,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     # The official recipe's defaults (a tenth of the rate for the backbone, no warm-up). The demo's backbone starts
     # from random weights, not ImageNet's: see the README's demo section for what other settings measured.
-    parser.add_argument("--backbone-lr-multiplier", type=float, default=0.1)
-    parser.add_argument("--warmup-steps", type=int, default=0)
+    parser.add_argument("--backbone-lr-multiplier", type=float, default=1.0)
+    parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0, help="Training seed (weights, data order, augmentation).")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads of the training process.")
     args = parser.parse_args()
@@ -81,8 +81,9 @@ def main() -> None:
             f"--backbone-lr-multiplier={args.backbone_lr_multiplier}",
             f"--warmup-steps={args.warmup_steps}",
             f"--seed={args.seed}",
-            # 2048 sampled points per mask instead of 12544: the crops are 64x128 pixels, not 512x1024.
-            '--config-overrides={"train_num_points": 2048}',
+            # 2048 sampled points per mask instead of 12544: the crops are 64x128 pixels, not 512x1024. 50 queries
+            # instead of 100: a synthetic scene has at most 15 segments.
+            '--config-overrides={"train_num_points": 2048, "num_queries": 50}',
             "--save-every=100",
             "--eval-every=0",
         ]

@@ -247,6 +247,19 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
             settings.update(inference_settings(model_config))
         return cls(**{**settings, **kwargs})
 
+    def to_dict(self) -> dict:
+        """
+        The saved settings. A saved `auto_map` names the processor per backend (`{"torchvision": ...}`, a form
+        `AutoImageProcessor` reads): transformers' pipeline also asks `AutoVideoProcessor`, which derives a
+        "PEMVideoProcessor" from a plain string entry and asks "run custom code? [y/N]" (15 s in a terminal), and
+        which gives up at once on the per-backend form.
+        """
+        output = super().to_dict()
+        auto_map = output.get("auto_map") or {}
+        if isinstance(auto_map.get("AutoImageProcessor"), str):
+            output["auto_map"] = {**auto_map, "AutoImageProcessor": {"torchvision": auto_map["AutoImageProcessor"]}}
+        return output
+
     def preprocess(
         self,
         images: ImageInput,

@@ -257,12 +257,14 @@ def _street_scene(canvas: _Canvas, labels: dict[str, int], crowd: bool, ego_vehi
     background = (canvas.label.copy(), canvas.thing.copy(), canvas.image.copy())
 
     things = []
+    # Things start at a fifth (cars) or a third (persons) of the way from the horizon: farther ones would be a few
+    # pixels wide at the demo's 128x256, below what masks at a quarter of the resolution can separate.
     for _ in range(int(rng.integers(2, 6))):
-        t = rng.uniform(0.08, 1.0)
+        t = rng.uniform(0.2, 1.0)
         bottom = horizon + t * (height - horizon)
         things.append((bottom, "car", vanish + rng.uniform(-0.75, 0.75) * road_half_width(t), t))
     for _ in range(int(rng.integers(1, 5))):
-        t = rng.uniform(0.1, 1.0)
+        t = rng.uniform(0.3, 1.0)
         side = rng.choice((-1, 1))
         cx = vanish + side * (road_half_width(t) + rng.uniform(0.15, 0.85) * pavement_width(t))
         things.append((horizon + t * (height - horizon), "person", cx, t))
@@ -273,7 +275,7 @@ def _street_scene(canvas: _Canvas, labels: dict[str, int], crowd: bool, ego_vehi
         if kind == "car":
             _car(canvas, bottom, cx, width * 0.24 * scale * rng.uniform(0.85, 1.15), labels["car"])
         elif kind == "person":
-            _person(canvas, bottom, cx, height * 0.42 * scale * rng.uniform(0.85, 1.15), labels["person"])
+            _person(canvas, bottom, cx, height * 0.6 * scale * rng.uniform(0.85, 1.15), labels["person"])
         else:
             left = cx + rng.uniform(0.1, 0.2) * width * rng.choice((-1, 1))
             _crowd(canvas, bottom, left, left + 0.12 * width, 0.08 * height, labels["person"])
