@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor, nn
 from transformers import ResNetBackbone
@@ -325,27 +326,38 @@ def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"Checkpoint {str(path)!r} does not exist or is not a file.")
-    if path.suffix == ".safetensors":
-        checkpoint = load_file(path)
-    elif path.suffix in (".pkl", ".pickle") and not zipfile.is_zipfile(path):
-        with open(path, "rb") as file:
-            try:
+    if path.stat().st_size == 0:
+        raise ValueError(f"Checkpoint {str(path)!r} is empty (0 bytes): download or copy it again.")
+    unreadable = (
+        f"Checkpoint {str(path)!r} is not a readable {path.suffix or 'torch'} file (truncated, corrupt or another "
+        "format): download or copy it again, or check that its extension matches its format."
+    )
+    try:
+        if path.suffix == ".safetensors":
+            checkpoint = load_file(path)
+        elif path.suffix in (".pkl", ".pickle") and not zipfile.is_zipfile(path):
+            with open(path, "rb") as file:
                 checkpoint = _WeightsUnpickler(file, encoding="latin1").load()
-            except pickle.UnpicklingError as error:
-                raise ValueError(
-                    f"Refusing to load {str(path)!r}: {error}. A detectron2 weights file holds only numpy arrays or "
-                    "tensors; this one references other Python objects, which could execute code. Convert the "
-                    "checkpoint from its original `.pth` instead."
-                ) from error
-    else:
-        try:
+        else:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as error:
+    except pickle.UnpicklingError as error:
+        # A file that names Python objects beyond arrays and tensors is refused; any other unpickling error means
+        # the bytes are not a pickle at all.
+        if "forbidden global" in str(error):
+            raise ValueError(
+                f"Refusing to load {str(path)!r}: {error}. A detectron2 weights file holds only numpy arrays or "
+                "tensors; this one references other Python objects, which could execute code. Convert the "
+                "checkpoint from its original `.pth` instead."
+            ) from error
+        if "global" in str(error).lower():
             raise ValueError(
                 f"Refusing to load {str(path)!r} with `torch.load(weights_only=True)`: it contains Python objects "
                 f"other than tensors ({error}). If you trust the file, extract its weights first, e.g. "
                 "`torch.save(torch.load(path, weights_only=False)['model'], 'weights.pth')`, and convert that."
             ) from error
+        raise ValueError(f"{unreadable} ({error})") from error
+    except (EOFError, OSError, RuntimeError, IndexError, KeyError, ValueError, SafetensorError) as error:
+        raise ValueError(f"{unreadable} ({type(error).__name__}: {error})") from error
 
     while isinstance(checkpoint, dict):
         inner = next(

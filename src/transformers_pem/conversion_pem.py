@@ -33,7 +33,7 @@ from .image_processing_pem import PEMImageProcessor
 from .labels_pem import DATASET_LABELS, dataset_for
 from .modeling_pem import PEMForUniversalSegmentation
 from .presets_pem import PRESETS, STDC_LAYERS, get_preset
-from .utils_pem import require
+from .utils_pem import check_output_dir, require
 
 yaml = require("yaml", "convert", "Reading the official yaml configs")
 logger = logging.getLogger(__name__)
@@ -555,6 +555,7 @@ def convert(
     `preprocessor_config.json` and a model card `README.md`. With `push_to_hub`, upload it to that Hub repository."""
     if (checkpoint is None) == (backbone_weights is None):
         raise ValueError("Pass exactly one of `checkpoint` (an official PEM model) and `backbone_weights` (ImageNet).")
+    output_dir = check_output_dir(output_dir, "output_dir")
     target = resolve_config(config)
     model = PEMForUniversalSegmentation(target.config).eval()
     if checkpoint is not None:
@@ -564,7 +565,6 @@ def convert(
         load_backbone_weights(model, backbone_weights)
         weights = f"ImageNet backbone weights `{Path(backbone_weights).name}` and a randomly initialised head"
 
-    output_dir = Path(output_dir)
     model.save_pretrained(output_dir)
     if target.image_processor is not None:
         target.image_processor.save_pretrained(output_dir)

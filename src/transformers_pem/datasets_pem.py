@@ -357,7 +357,10 @@ def _verify_pairs(images: Sequence[str], targets: Sequence[str]) -> None:
             try:
                 with PIL.Image.open(path) as image:
                     sizes.append(image.size)
-            except (OSError, PIL.UnidentifiedImageError) as error:
+                    # Reads every chunk and checks its checksum (PNG), without decoding: a truncated file fails here,
+                    # not steps into training.
+                    image.verify()
+            except (OSError, SyntaxError, PIL.UnidentifiedImageError) as error:
                 raise ValueError(f"Cannot read image file {path}: {error}") from error
         if sizes[0] != sizes[1]:
             raise ValueError(

@@ -20,11 +20,13 @@ from transformers.image_utils import (
     SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import TensorType
+from transformers.utils import TensorType, logging
 
 from .configuration_pem import SIZE_DIVISOR
 from .post_processing_pem import PEMPostProcessingMixin, inference_settings
 from .presets_pem import get_preset, get_protocol
+
+logger = logging.get_logger(__name__)
 
 
 class PEMImageProcessorKwargs(ImagesKwargs, total=False):
@@ -72,11 +74,12 @@ def official_resize_size(image_size: tuple[int, int], size: SizeDict) -> SizeDic
     return SizeDict(height=height, width=width)
 
 
-def prepare_image_dtype(image: ImageInput) -> ImageInput:
+def prepare_image_dtype(image: ImageInput, input_data_format: "ChannelDimension | str | None" = None) -> ImageInput:
     """
     Bring an image to a dtype the resize/normalise steps expect (uint8 or float in the 0-255 range), or raise a clear
     `ValueError`. 16-bit images (PIL `I;16*`, `uint16` arrays) are scaled from 0-65535 to 0-255; other integer arrays
-    must already hold 0-255 values.
+    must already hold 0-255 values; float images must be finite. A 3-D array whose first and last axes could both be
+    channels (e.g. `(3, 640, 3)`) needs `input_data_format`.
     """
     if isinstance(image, PIL.Image.Image):
         if image.mode.startswith("I;16"):
@@ -96,7 +99,16 @@ def prepare_image_dtype(image: ImageInput) -> ImageInput:
             f"Unsupported image shape {tuple(image.shape)}: expected 1 (grayscale), 3 (RGB) or 4 (RGBA) channels, "
             "channels first or last."
         )
+    if image.ndim == 3 and input_data_format is None and image.shape[0] in (1, 3, 4) and image.shape[-1] in (1, 3, 4):
+        raise ValueError(
+            f"Image of shape {tuple(image.shape)} could be channels first or channels last: pass "
+            'input_data_format="channels_last" (H, W, C) or "channels_first" (C, H, W).'
+        )
     dtype = str(image.dtype).removeprefix("torch.")
+    if dtype.startswith(("float", "bfloat")):
+        finite = np.isfinite(image).all() if isinstance(image, np.ndarray) else bool(torch.isfinite(image).all())
+        if not finite:
+            raise ValueError("The image has NaN or infinite pixel values: replace them before segmenting it.")
     if dtype == "uint16":
         return _scale_16bit(image)
     if dtype == "bool" or dtype.startswith("complex"):
@@ -110,6 +122,19 @@ def prepare_image_dtype(image: ImageInput) -> ImageInput:
             )
         return image.astype(np.uint8) if isinstance(image, np.ndarray) else image.to(torch.uint8)
     return image
+
+
+def _float_image_to_255(image: "np.ndarray | torch.Tensor") -> "np.ndarray | torch.Tensor":
+    """Float images in [0, 1] (as `torchvision.transforms.ToTensor` gives them) brought to the 0-255 range that
+    `do_rescale` expects, with a warning: rescaled once more they would be near black."""
+    is_float = image.dtype.is_floating_point if isinstance(image, torch.Tensor) else image.dtype.kind == "f"
+    if not is_float or image.min() < 0 or image.max() > 1:
+        return image
+    logger.warning_once(
+        "Float images with values in [0, 1] are taken as already rescaled and multiplied by 255 before `do_rescale`; "
+        "pass uint8 images, 0-255 floats, or do_rescale=False to silence this."
+    )
+    return image * 255
 
 
 def _scale_16bit(image: "np.ndarray | torch.Tensor") -> "np.ndarray | torch.Tensor":
@@ -290,8 +315,11 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> ImageInput:
         return super()._prepare_images_structure(_expand_grayscale_arrays(images), expected_ndims=expected_ndims)
 
-    def process_image(self, image: ImageInput, *args, **kwargs):
-        return super().process_image(prepare_image_dtype(image), *args, **kwargs)
+    def process_image(self, image: ImageInput, do_convert_rgb=None, input_data_format=None, **kwargs):
+        image = prepare_image_dtype(image, input_data_format)
+        return super().process_image(
+            image, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, **kwargs
+        )
 
     def _preprocess_image_like_inputs(
         self,
@@ -306,6 +334,8 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
         images = self._prepare_image_like_inputs(
             images=images, do_convert_rgb=do_convert_rgb, input_data_format=input_data_format, device=device
         )
+        if kwargs.get("do_rescale"):
+            images = [_float_image_to_255(image) for image in images]
         if segmentation_maps is not None:
             segmentation_maps = prepare_segmentation_maps(segmentation_maps, len(images))
             if not isinstance(instance_id_to_semantic_id, (list, tuple)):

@@ -473,6 +473,11 @@ class PEMLoss(nn.Module):
                     f"mask_labels[{i}] must have shape (num_targets, height, width) with one mask per class label; "
                     f"got masks of shape {tuple(masks.shape)} for {labels.shape[0]} class labels."
                 )
+            if masks.numel() and (masks.min() < 0 or masks.max() > 1):
+                raise ValueError(
+                    f"mask_labels[{i}] must hold values in [0, 1] (1 on the target's pixels); got values in "
+                    f"[{masks.min().item()}, {masks.max().item()}]. Convert 0/255 masks with `masks > 0`."
+                )
         all_labels = torch.cat([labels.reshape(-1).cpu().long() for labels in class_labels])
         if len(all_labels) > 0 and (all_labels.min() < 0 or all_labels.max() >= self.num_labels):
             raise ValueError(

@@ -288,6 +288,11 @@ def _check_pixel_values(pixel_values: Tensor, config: PEMConfig) -> None:
             "pixel_values must be a 4-D tensor (batch_size, channels, height, width); got "
             f"{getattr(pixel_values, 'shape', type(pixel_values))}. Use PEMImageProcessor to prepare images."
         )
+    if not pixel_values.is_floating_point():
+        raise ValueError(
+            f"pixel_values must be a float tensor of normalised images; got dtype {pixel_values.dtype}. Use "
+            "PEMImageProcessor to rescale and normalise images."
+        )
     num_channels = getattr(config.backbone_config, "num_channels", 3)
     if pixel_values.shape[1] != num_channels:
         raise ValueError(
@@ -442,6 +447,14 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (mask_labels is None) != (class_labels is None):
             raise ValueError("Pass both `mask_labels` and `class_labels` to compute the loss, or neither.")
+        for index, masks in enumerate(mask_labels or []):
+            # The loss samples masks at relative coordinates, so a transposed or resized mask would be silently wrong.
+            if isinstance(masks, Tensor) and masks.dim() == 3 and masks.shape[-2:] != pixel_values.shape[-2:]:
+                raise ValueError(
+                    f"mask_labels[{index}] has size {tuple(masks.shape[-2:])} but pixel_values has size "
+                    f"{tuple(pixel_values.shape[-2:])}: masks must cover the (padded) image pixel for pixel, as "
+                    "PEMImageProcessor returns them."
+                )
 
         # The auxiliary (earlier) predictions are only computed at full resolution when they are needed.
         needs_auxiliary = bool(output_auxiliary_logits) or (mask_labels is not None and self.config.use_auxiliary_loss)

@@ -49,6 +49,14 @@ def _padded_and_valid_sizes(
     return tuple(pixel_mask.shape[-2:]), sizes
 
 
+def _check_fraction(name: str, value: float, open_interval: bool = False) -> None:
+    """A threshold on probabilities or area fractions: in [0, 1], or (0, 1) where both ends would keep or drop all."""
+    valid = 0.0 < value < 1.0 if open_interval else 0.0 <= value <= 1.0
+    if not valid:
+        interval = "(0, 1)" if open_interval else "[0, 1]"
+        raise ValueError(f"{name} must be in {interval}, got {value}.")
+
+
 def _resolve_target_sizes(target_sizes, default_sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
     if target_sizes is None:
         return default_sizes
@@ -315,8 +323,6 @@ def _panoptic_maps(
     beats every other query's upper bound, and no mask crosses the threshold inside the window, the window decides all
     its pixels. The other pixels (borders of masks) are computed exactly, a chunk at a time.
     """
-    if not 0.0 < mask_threshold < 1.0:
-        return None
     threshold_logit = math.log(mask_threshold / (1.0 - mask_threshold))
     rows, cols, window_index = _resize_grid(mask_logits, padded_size, valid_size, target_size)
     num_queries = len(scores)
@@ -533,8 +539,13 @@ class PEMPostProcessingMixin:
         threshold = self.object_mask_threshold if threshold is None else threshold
         if overlap_mask_area_threshold is None:
             overlap_mask_area_threshold = self.overlap_threshold
+        _check_fraction("threshold", threshold)
+        _check_fraction("mask_threshold", mask_threshold, open_interval=True)
+        _check_fraction("overlap_mask_area_threshold", overlap_mask_area_threshold)
         if label_ids_to_fuse is None:
             label_ids_to_fuse = set(range(num_labels)) - set(self._thing_ids(num_labels))
+        elif unknown := sorted(set(label_ids_to_fuse) - set(range(num_labels))):
+            raise ValueError(f"label_ids_to_fuse has ids outside [0, {num_labels - 1}]: {unknown}.")
         results = []
         for class_logit, mask_logit, valid_size, target_size in zip(
             class_logits, mask_logits, valid_sizes, target_sizes
@@ -626,8 +637,8 @@ class PEMPostProcessingMixin:
         """
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps cannot both be True.")
-        if not 0.0 < mask_threshold < 1.0:
-            raise ValueError(f"mask_threshold must be a probability in (0, 1), got {mask_threshold}.")
+        _check_fraction("threshold", threshold)
+        _check_fraction("mask_threshold", mask_threshold, open_interval=True)
         mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))  # exactly 0.0 for 0.5
         class_logits, mask_logits, padded_size, valid_sizes, target_sizes = self._unpack_outputs(
             outputs, target_sizes, pixel_mask

@@ -14,6 +14,7 @@ it runs as `accelerate launch scripts/train.py ...`, `torchrun --nproc_per_node 
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -40,7 +41,7 @@ from .datasets_pem import load_ade20k, load_cityscapes, load_segmentation_datase
 from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation
 from .presets_pem import Protocol, check_task, get_preset
-from .utils_pem import require
+from .utils_pem import check_output_dir, require
 
 accelerate = require("accelerate", "train", "Training")
 accelerate_utils = require("accelerate.utils", "train", "Training")
@@ -90,6 +91,9 @@ class TrainingConfig:
     warmup_steps: int | None = None
     mixed_precision: str | None = None  # "no", "fp16" or "bf16"
     seed: int = 0
+    # After the last step, recompute BatchNorm running statistics as a plain average over this many training batches
+    # (detectron2's PreciseBN). 0 keeps the running averages of the last steps, as the official recipe does.
+    precise_bn_batches: int = 0
     # Run
     save_every: int = 1000
     keep_checkpoints: int = 2
@@ -174,14 +178,50 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    """The complete checkpoint with the most steps (incomplete ones are `*.tmp` and ignored)."""
+def complete_checkpoints(output_dir: Path) -> list[Path]:
+    """The complete checkpoints, newest first (incomplete ones are `*.tmp` and ignored)."""
     checkpoints = [
         (int(match.group(1)), path)
         for path in output_dir.glob("checkpoint-*")
         if (match := CHECKPOINT_PATTERN.match(path.name)) and (path / "trainer_state.json").exists()
     ]
-    return max(checkpoints)[1] if checkpoints else None
+    return [path for _, path in sorted(checkpoints, reverse=True)]
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The complete checkpoint with the most steps."""
+    checkpoints = complete_checkpoints(output_dir)
+    return checkpoints[0] if checkpoints else None
+
+
+def check_new_run_dir(output_dir: Path) -> None:
+    """Refuse to start a run in a folder that holds another run's checkpoints or final model: mixed, a later
+    `resume="latest"` would pick up the wrong run's weights."""
+    previous = sorted(path.name for path in output_dir.iterdir() if CHECKPOINT_PATTERN.match(path.name))
+    previous += ["final"] if (output_dir / "final").exists() else []
+    if previous:
+        raise ValueError(
+            f"output_dir={str(output_dir)!r} already holds a run ({', '.join(previous[:3])}): pass resume='latest' "
+            "(--resume latest) to continue it, or another output_dir for a new run."
+        )
+
+
+def load_newest_intact_checkpoint(accelerator: "accelerate.Accelerator", checkpoints: list[Path]) -> tuple[Path, dict]:
+    """Load the first of `checkpoints` (newest first) that reads back whole; say which ones were skipped and why.
+    Every state (weights, optimizer, scheduler, random generators) is overwritten by the one that loads."""
+    for index, checkpoint in enumerate(checkpoints):
+        try:
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            accelerator.load_state(str(checkpoint))
+            return checkpoint, state
+        except Exception as error:  # any unreadable file: fall back to the previous checkpoint
+            fallback = (
+                f"falling back to {checkpoints[index + 1].name}" if index + 1 < len(checkpoints) else "none left"
+            )
+            accelerator.print(f"Checkpoint {checkpoint} is unreadable ({type(error).__name__}: {error}); {fallback}.")
+    raise ValueError(
+        f"No intact checkpoint among {[path.name for path in checkpoints]}: start a new run in another output_dir."
+    )
 
 
 def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
@@ -244,7 +284,9 @@ def build_model(config: TrainingConfig) -> PEMForUniversalSegmentation:
 def train(config: TrainingConfig) -> dict:
     """Fine-tune PEM as `config` says; checkpoints go to `config.output_dir` (`checkpoint-<step>`, atomic) and the
     final model to `<output_dir>/final` (`save_pretrained`, with its processor). Returns the final state."""
-    output_dir = Path(config.output_dir)
+    output_dir = check_output_dir(config.output_dir, "output_dir")
+    if not config.resume and output_dir.is_dir():
+        check_new_run_dir(output_dir)
     recipe = config.recipe()
     accelerate_utils.set_seed(config.seed)
 
@@ -316,14 +358,16 @@ def train(config: TrainingConfig) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, epoch, skip = 0, 0, 0
-    checkpoint = None
-    if config.resume:
-        checkpoint = latest_checkpoint(output_dir) if config.resume == "latest" else Path(config.resume)
-        if checkpoint is None and config.resume != "latest":
-            raise ValueError(f"resume={config.resume!r}: no such checkpoint.")
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / "trainer_state.json").read_text())
+    if config.resume == "latest":
+        checkpoints = complete_checkpoints(output_dir)
+    elif config.resume:
+        if not (Path(config.resume) / "trainer_state.json").is_file():
+            raise ValueError(f"resume={config.resume!r}: no such checkpoint (a checkpoint-<step> folder).")
+        checkpoints = [Path(config.resume)]
+    else:
+        checkpoints = []
+    if checkpoints:
+        checkpoint, state = load_newest_intact_checkpoint(accelerator, checkpoints)
         step = state["step"]
         epoch, skip = divmod(step * config.gradient_accumulation_steps, len(loader))
         accelerator.print(f"Resumed from {checkpoint} at step {step} (epoch {epoch}).")
@@ -379,6 +423,14 @@ def train(config: TrainingConfig) -> dict:
 
     final = {"step": step, "seconds": time.perf_counter() - started, "last_losses": history[-10:]}
     unwrapped = accelerator.unwrap_model(model)
+    if config.precise_bn_batches:
+        torch.manual_seed(sample_seed(config.seed, max_steps, accelerator.process_index))
+        loader.set_epoch(epoch)
+        train_set.set_epoch(epoch)
+        # Passes over the loader as often as needed, holding one batch at a time.
+        batches = itertools.islice((batch for _ in itertools.count() for batch in loader), config.precise_bn_batches)
+        with torch.no_grad():
+            torch.optim.swa_utils.update_bn((batch["pixel_values"] for batch in batches), unwrapped)
     if accelerator.num_processes > 1:
         # Parameters must agree across processes. BatchNorm running statistics are per process on CPU (no SyncBN);
         # DDP broadcasts them from process 0 at every forward, and process 0's are the ones saved.
