@@ -82,7 +82,19 @@ def test_checkpoint_carries_code_and_auto_map(checkpoint):
     assert auto_map["AutoModelForUniversalSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
     assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
     processor_auto_map = json.loads((directory / "preprocessor_config.json").read_text())["auto_map"]
-    assert processor_auto_map["AutoImageProcessor"] == "image_processing_pem.PEMImageProcessor"
+    assert processor_auto_map["AutoImageProcessor"] == {"torchvision": "image_processing_pem.PEMImageProcessor"}
+
+
+def test_pipeline_from_a_path_asks_nothing(checkpoint, monkeypatch):
+    """transformers' pipeline also tries `AutoVideoProcessor` on the folder; with a plain-string `auto_map` entry it
+    would ask "run custom code? [y/N]" and wait 15 s in a terminal."""
+    directory, _, _ = checkpoint
+    questions = []
+    monkeypatch.setattr("builtins.input", lambda prompt="": questions.append(prompt) or "n")
+    segmenter = pipeline("image-segmentation", model=str(directory))
+    assert questions == []
+    assert type(segmenter.image_processor) is PEMImageProcessor
+    assert segmenter(PIL.Image.new("RGB", (96, 64)), subtask="semantic")
 
 
 def test_auto_classes_load_the_checkpoint(checkpoint):

@@ -267,6 +267,14 @@ Returns:
         area_predicted = np.bincount(predicted[predicted_is_class], counts[predicted_is_class], num_labels)
         area_intersection = np.bincount(predicted[correct], counts[correct], num_labels)
         area_union = area_predicted + area_reference - area_intersection
+        if evaluated.any() and not reference_is_class.any():
+            # All-ignored references give NaN as the official scorers do; labels that are neither are a mistake.
+            values = np.unique(reference[evaluated])[:10].tolist()
+            raise ValueError(
+                f"No reference pixel holds a class in [0, {num_labels}) or ignore_index={ignore_index} (reference "
+                f"values: {values}): every IoU would be NaN. Check num_labels, ignore_index, label_map and "
+                "reduce_labels."
+            )
 
         with np.errstate(divide="ignore", invalid="ignore"):
             per_category_iou = area_intersection / area_union

@@ -250,7 +250,7 @@ class PEMModel(PEMPreTrainedModel):
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        _check_pixel_values(pixel_values, self.config)
+        _check_pixel_values(pixel_values, self.config, self.dtype)
 
         # The top-down path adds 2x-upsampled coarse features to finer ones, so the input must be a multiple of
         # SIZE_DIVISOR: pad with zeros at the bottom/right (as the official ImageList does) and crop the masks back.
@@ -282,16 +282,21 @@ class PEMModel(PEMPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
-def _check_pixel_values(pixel_values: Tensor, config: PEMConfig) -> None:
-    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4:
+def _check_pixel_values(pixel_values: Tensor, config: PEMConfig, dtype: torch.dtype) -> None:
+    if not isinstance(pixel_values, torch.Tensor) or pixel_values.ndim != 4 or pixel_values.shape[0] == 0:
         raise ValueError(
-            "pixel_values must be a 4-D tensor (batch_size, channels, height, width); got "
+            "pixel_values must be a non-empty 4-D tensor (batch_size, channels, height, width); got "
             f"{getattr(pixel_values, 'shape', type(pixel_values))}. Use PEMImageProcessor to prepare images."
         )
     if not pixel_values.is_floating_point():
         raise ValueError(
             f"pixel_values must be a float tensor of normalised images; got dtype {pixel_values.dtype}. Use "
             "PEMImageProcessor to rescale and normalise images."
+        )
+    if pixel_values.dtype != dtype and not torch.is_autocast_enabled(pixel_values.device.type):
+        raise ValueError(
+            f"pixel_values has dtype {pixel_values.dtype} but the model's weights are {dtype}: pass "
+            "`pixel_values.to(model.dtype)`."
         )
     num_channels = getattr(config.backbone_config, "num_channels", 3)
     if pixel_values.shape[1] != num_channels:

@@ -285,8 +285,16 @@ def train(config: TrainingConfig) -> dict:
     """Fine-tune PEM as `config` says; checkpoints go to `config.output_dir` (`checkpoint-<step>`, atomic) and the
     final model to `<output_dir>/final` (`save_pretrained`, with its processor). Returns the final state."""
     output_dir = check_output_dir(config.output_dir, "output_dir")
-    if not config.resume and output_dir.is_dir():
-        check_new_run_dir(output_dir)
+    if config.resume == "latest":
+        checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
+    elif config.resume:
+        if not (Path(config.resume) / "trainer_state.json").is_file():
+            raise ValueError(f"resume={config.resume!r}: no such checkpoint (a checkpoint-<step> folder).")
+        checkpoints = [Path(config.resume)]
+    else:
+        checkpoints = []
+        if output_dir.is_dir():
+            check_new_run_dir(output_dir)
     recipe = config.recipe()
     accelerate_utils.set_seed(config.seed)
 
@@ -358,14 +366,6 @@ def train(config: TrainingConfig) -> dict:
     model, optimizer, loader, scheduler = accelerator.prepare(model, optimizer, loader, scheduler)
 
     step, epoch, skip = 0, 0, 0
-    if config.resume == "latest":
-        checkpoints = complete_checkpoints(output_dir)
-    elif config.resume:
-        if not (Path(config.resume) / "trainer_state.json").is_file():
-            raise ValueError(f"resume={config.resume!r}: no such checkpoint (a checkpoint-<step> folder).")
-        checkpoints = [Path(config.resume)]
-    else:
-        checkpoints = []
     if checkpoints:
         checkpoint, state = load_newest_intact_checkpoint(accelerator, checkpoints)
         step = state["step"]
