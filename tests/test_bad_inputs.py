@@ -1,0 +1,461 @@
+"""The bad-input table: each row an input a hostile or careless user could give a public entry point, and what must
+come of it — an error of a given type whose message names the problem (a fragment of it is checked), or the exact
+correct result. Never a stack trace from deep inside torch, transformers or PIL, and never a silent wrong answer."""
+
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from safetensors.torch import save_file
+from tiny_configs import TINY_DECODER, TINY_STDC
+
+from transformers_pem import MeanIoU, PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem.checkpoint_io_pem import load_checkpoint
+from transformers_pem.conversion_pem import convert
+from transformers_pem.datasets_pem import load_cityscapes
+from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.training_pem import TrainingConfig, train
+from transformers_pem.utils_pem import check_output_dir
+
+
+@dataclass
+class Context:
+    tmp: Path
+    model: PEMForUniversalSegmentation
+    processor: PEMImageProcessor
+    outputs: Any  # the model's outputs for `pixel_values`
+    pixel_values: torch.Tensor  # (1, 3, 64, 96)
+    image: np.ndarray  # (40, 60, 3) uint8
+    data_root: Path  # a synthetic Cityscapes folder with a truncated training image
+
+
+class _Evil:
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+@pytest.fixture(scope="module")
+def context(tmp_path_factory) -> Context:
+    tmp = tmp_path_factory.mktemp("bad_inputs")
+    torch.manual_seed(0)
+    config = PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", **TINY_STDC, **TINY_DECODER)
+    model = PEMForUniversalSegmentation(config).eval()
+    processor = PEMImageProcessor.from_preset(
+        "pem-stdc1-cityscapes-panoptic", model_config=config, size={"shortest_edge": 32, "longest_edge": 64}
+    )
+    pixel_values = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        outputs = model(pixel_values)
+
+    weights = {"a": torch.zeros(64, 64)}
+    torch.save(weights, tmp / "good.pth")
+    save_file(weights, tmp / "good.safetensors")
+    with open(tmp / "good.pkl", "wb") as file:
+        pickle.dump({"model": {"a": np.zeros((64, 64))}}, file)
+    for suffix in ("pth", "safetensors", "pkl"):
+        data = (tmp / f"good.{suffix}").read_bytes()
+        (tmp / f"empty.{suffix}").write_bytes(b"")
+        (tmp / f"truncated.{suffix}").write_bytes(data[: len(data) // 2])
+        (tmp / f"random.{suffix}").write_bytes(np.random.default_rng(0).bytes(4096))
+    torch.save({"model": weights, "extra": _Evil()}, tmp / "evil.pth")
+    with open(tmp / "evil.pkl", "wb") as file:
+        pickle.dump({"model": {"a": _Evil()}}, file)
+    (tmp / "a_file").write_text("not a folder")
+    (tmp / "used_run" / "checkpoint-5").mkdir(parents=True)
+    (tmp / "used_run" / "checkpoint-5" / "trainer_state.json").write_text('{"step": 5, "epoch": 0}')
+
+    data_root = generate_cityscapes(tmp / "cityscapes", num_train=2, num_val=1, size=(48, 96), seed=0)
+    image_path = sorted((data_root / "leftImg8bit" / "train").glob("*/*.png"))[1]
+    data = image_path.read_bytes()
+    image_path.write_bytes(data[: len(data) * 2 // 3])
+    image = np.random.default_rng(1).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+    return Context(tmp, model, processor, outputs, pixel_values, image, data_root)
+
+
+def _masks(context: Context, values=(0.0, 1.0), size=None) -> list[torch.Tensor]:
+    height, width = size or context.pixel_values.shape[-2:]
+    masks = torch.zeros(2, height, width)
+    masks[0, : height // 2], masks[1, height // 2 :] = values[1], values[1]
+    return [masks]
+
+
+def _loss(context: Context, masks=None, labels=None, **kwargs):
+    masks = _masks(context) if masks is None else masks
+    labels = [torch.tensor([0, 13])] if labels is None else labels
+    return context.model(context.pixel_values, mask_labels=masks, class_labels=labels, **kwargs)
+
+
+def _process(context: Context, image, **kwargs) -> torch.Tensor:
+    return context.processor(image, return_tensors="pt", **kwargs).pixel_values
+
+
+def _same_as_the_image(result, context):
+    """The row's image, built from the uint8 test image, must give the pixel_values of that image as 0-255 floats."""
+    expected = _process(context, context.image.astype(np.float32))
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+
+
+def _same_as_uint8(result, context):
+    """Integer images in 0-255 (and 16-bit ones, scaled) are processed as the uint8 image is."""
+    torch.testing.assert_close(result, _process(context, context.image), rtol=0, atol=0)
+
+
+def _channels_last_matches_channels_first(result, context):
+    strip = np.random.default_rng(2).integers(0, 256, (3, 60, 3)).astype(np.uint8)
+    expected = _process(context, strip.transpose(2, 0, 1).copy(), input_data_format="channels_first")
+    torch.testing.assert_close(result, expected, rtol=0, atol=0)
+
+
+def _grayscale_as_three_equal_channels(result, context):
+    gray = context.image[..., 0]
+    expected = _process(context, np.repeat(gray[..., None], 3, axis=-1))
+    torch.testing.assert_close(result, expected, rtol=0, atol=1e-6)
+
+
+def _tiny_input_gives_finite_masks(result, context):
+    assert result.masks_queries_logits.shape[:2] == (1, TINY_DECODER["num_queries"])
+    assert torch.isfinite(result.masks_queries_logits).all()
+
+
+def _raises(error: type[Exception], fragment: str):
+    return ("raises", error, fragment)
+
+
+def _train(context: Context, output_dir, **kwargs):
+    return train(
+        TrainingConfig(
+            output_dir=output_dir,
+            data_root=context.data_root,
+            preset="pem-stdc1-cityscapes-panoptic",
+            task="panoptic",
+            max_steps=1,
+            **kwargs,
+        )
+    )
+
+
+STRIP = np.random.default_rng(2).integers(0, 256, (3, 60, 3)).astype(np.uint8)
+P = _process
+
+# (id, entry point, call(context), expected: a check(result, context) or _raises(type, message fragment))
+ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
+    # --- image processor: images
+    ("nan-pixels", "processor", lambda c: P(c, np.full((40, 60, 3), np.nan, np.float32)), _raises(ValueError, "NaN")),
+    ("inf-pixels", "processor", lambda c: P(c, np.full((40, 60, 3), np.inf, np.float32)), _raises(ValueError, "NaN")),
+    ("three-row-hwc", "processor", lambda c: P(c, STRIP), _raises(ValueError, "input_data_format")),
+    ("one-by-n-by-4", "processor", lambda c: P(c, np.zeros((1, 50, 4), np.uint8)), _raises(ValueError, "channels")),
+    (
+        "three-row-hwc-declared",
+        "processor",
+        lambda c: P(c, STRIP, input_data_format="channels_last"),
+        _channels_last_matches_channels_first,
+    ),
+    ("float-0-1", "processor", lambda c: P(c, c.image.astype(np.float32) / 255), _same_as_the_image),
+    (
+        "float-0-1-tensor",
+        "processor",
+        lambda c: P(c, torch.from_numpy(c.image).permute(2, 0, 1).float() / 255),
+        _same_as_the_image,
+    ),
+    ("float-0-255", "processor", lambda c: P(c, c.image.astype(np.float64)), _same_as_the_image),
+    ("uint16", "processor", lambda c: P(c, c.image.astype(np.uint16) * 257), _same_as_uint8),
+    ("int64-in-range", "processor", lambda c: P(c, c.image.astype(np.int64)), _same_as_uint8),
+    ("int32-above-255", "processor", lambda c: P(c, c.image.astype(np.int32) * 4), _raises(ValueError, "0-255")),
+    ("int32-negative", "processor", lambda c: P(c, c.image.astype(np.int32) - 1), _raises(ValueError, "0-255")),
+    ("bool-image", "processor", lambda c: P(c, c.image > 127), _raises(ValueError, "dtype bool")),
+    ("complex-image", "processor", lambda c: P(c, c.image.astype(np.complex64)), _raises(ValueError, "complex")),
+    ("empty-image", "processor", lambda c: P(c, np.zeros((0, 60, 3), np.uint8)), _raises(ValueError, "non-empty")),
+    ("five-channels", "processor", lambda c: P(c, np.zeros((40, 60, 5), np.uint8)), _raises(ValueError, "channels")),
+    ("one-d-array", "processor", lambda c: P(c, np.zeros(60, np.uint8)), _raises(ValueError, "flat list of images")),
+    ("pil-mode-I", "processor", lambda c: P(c, PIL.Image.new("I", (60, 40))), _raises(ValueError, "32-bit")),
+    ("pil-mode-F", "processor", lambda c: P(c, PIL.Image.new("F", (60, 40))), _raises(ValueError, "32-bit")),
+    ("grayscale-2d", "processor", lambda c: P(c, c.image[..., 0]), _grayscale_as_three_equal_channels),
+    # --- image processor: targets and sizes
+    (
+        "map-size-mismatch",
+        "processor",
+        lambda c: c.processor(c.image, segmentation_maps=np.zeros((60, 40), np.uint8)),
+        _raises(ValueError, "Segmentation map 0 has size"),
+    ),
+    (
+        "instance-dicts-count",
+        "processor",
+        lambda c: c.processor(
+            [c.image, c.image],
+            segmentation_maps=[np.zeros((40, 60), np.uint8)] * 2,
+            instance_id_to_semantic_id=[{0: 0}],
+        ),
+        _raises(ValueError, "instance_id_to_semantic_id"),
+    ),
+    (
+        "mixed-sizes-unpadded",
+        "processor",
+        lambda c: c.processor([c.image, c.image[:, :30]], do_pad=False),
+        _raises(ValueError, "do_pad=True"),
+    ),
+    (
+        "pad-size-too-small",
+        "processor",
+        lambda c: c.processor(c.image, pad_size={"height": 8, "width": 8}),
+        _raises(ValueError, "pad_size"),
+    ),
+    # --- model
+    (
+        "uint8-pixel-values",
+        "model",
+        lambda c: c.model(torch.zeros(1, 3, 32, 32, dtype=torch.uint8)),
+        _raises(ValueError, "float tensor"),
+    ),
+    ("float64-pixel-values", "model", lambda c: c.model(c.pixel_values.double()), _raises(ValueError, "model.dtype")),
+    ("three-d-pixel-values", "model", lambda c: c.model(c.pixel_values[0]), _raises(ValueError, "4-D")),
+    ("empty-batch", "model", lambda c: c.model(c.pixel_values[:0]), _raises(ValueError, "non-empty")),
+    ("four-channels", "model", lambda c: c.model(torch.zeros(1, 4, 32, 32)), _raises(ValueError, "channels")),
+    ("numpy-pixel-values", "model", lambda c: c.model(c.pixel_values.numpy()), _raises(ValueError, "4-D tensor")),
+    ("tiny-input", "model", lambda c: c.model(torch.zeros(1, 3, 8, 8)), _tiny_input_gives_finite_masks),
+    # --- model with targets (the loss)
+    (
+        "masks-without-labels",
+        "loss",
+        lambda c: c.model(c.pixel_values, mask_labels=_masks(c)),
+        _raises(ValueError, "Pass both"),
+    ),
+    ("masks-0-255", "loss", lambda c: _loss(c, masks=_masks(c, (0, 255))), _raises(ValueError, "masks > 0")),
+    ("masks-transposed", "loss", lambda c: _loss(c, masks=_masks(c, size=(96, 64))), _raises(ValueError, "has size")),
+    (
+        "masks-quarter-size",
+        "loss",
+        lambda c: _loss(c, masks=_masks(c, size=(16, 24))),
+        _raises(ValueError, "has size"),
+    ),
+    (
+        "label-out-of-range",
+        "loss",
+        lambda c: _loss(c, labels=[torch.tensor([0, 19])]),
+        _raises(ValueError, "class_labels must be in [0, 18]"),
+    ),
+    ("label-negative", "loss", lambda c: _loss(c, labels=[torch.tensor([-1, 3])]), _raises(ValueError, "[0, 18]")),
+    ("label-float", "loss", lambda c: _loss(c, labels=[torch.tensor([0.0, 1.0])]), _raises(ValueError, "integer")),
+    ("mask-label-count", "loss", lambda c: _loss(c, labels=[torch.tensor([0])]), _raises(ValueError, "one mask per")),
+    (
+        "targets-per-batch",
+        "loss",
+        lambda c: _loss(c, masks=_masks(c) * 2, labels=[torch.tensor([0, 1])] * 2),
+        _raises(ValueError, "one entry per image"),
+    ),
+    ("mask-not-tensor", "loss", lambda c: _loss(c, masks=[np.zeros((2, 64, 96))]), _raises(TypeError, "tensors")),
+    # --- post-processing
+    (
+        "panoptic-threshold-above-1",
+        "post-processing",
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, threshold=1.5),
+        _raises(ValueError, "threshold must be in [0, 1]"),
+    ),
+    (
+        "panoptic-threshold-negative",
+        "post-processing",
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, threshold=-0.1),
+        _raises(ValueError, "threshold must be in [0, 1]"),
+    ),
+    (
+        "panoptic-mask-threshold-0",
+        "post-processing",
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, mask_threshold=0.0),
+        _raises(ValueError, "mask_threshold must be in (0, 1)"),
+    ),
+    (
+        "panoptic-overlap-2",
+        "post-processing",
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, overlap_mask_area_threshold=2),
+        _raises(ValueError, "overlap_mask_area_threshold"),
+    ),
+    (
+        "panoptic-fuse-unknown-id",
+        "post-processing",
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, label_ids_to_fuse={99}),
+        _raises(ValueError, "label_ids_to_fuse"),
+    ),
+    (
+        "instance-threshold-2",
+        "post-processing",
+        lambda c: c.processor.post_process_instance_segmentation(c.outputs, threshold=2.0),
+        _raises(ValueError, "threshold must be in [0, 1]"),
+    ),
+    (
+        "instance-mask-threshold-1",
+        "post-processing",
+        lambda c: c.processor.post_process_instance_segmentation(c.outputs, mask_threshold=1.0),
+        _raises(ValueError, "mask_threshold"),
+    ),
+    (
+        "instance-rle-and-maps",
+        "post-processing",
+        lambda c: c.processor.post_process_instance_segmentation(
+            c.outputs, return_coco_annotation=True, return_binary_maps=True
+        ),
+        _raises(ValueError, "cannot both be True"),
+    ),
+    (
+        "target-sizes-count",
+        "post-processing",
+        lambda c: c.processor.post_process_semantic_segmentation(c.outputs, target_sizes=[(10, 10), (10, 10)]),
+        _raises(ValueError, "target sizes for a batch of 1"),
+    ),
+    (
+        "target-size-zero",
+        "post-processing",
+        lambda c: c.processor.post_process_semantic_segmentation(c.outputs, target_sizes=[(0, 10)]),
+        _raises(ValueError, "positive"),
+    ),
+    (
+        "pixel-mask-shape",
+        "post-processing",
+        lambda c: c.processor.post_process_semantic_segmentation(c.outputs, pixel_mask=torch.ones(64, 96)),
+        _raises(ValueError, "pixel_mask must have shape"),
+    ),
+    (
+        "pixel-mask-empty",
+        "post-processing",
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, pixel_mask=torch.zeros(1, 64, 96)),
+        _raises(ValueError, "no valid pixel"),
+    ),
+    # --- converter
+    *[
+        (
+            f"checkpoint-{kind}-{suffix}",
+            "converter",
+            lambda c, kind=kind, suffix=suffix: load_checkpoint(c.tmp / f"{kind}.{suffix}"),
+            _raises(ValueError, fragment),
+        )
+        for suffix in ("pth", "safetensors", "pkl")
+        for kind, fragment in (("empty", "is empty"), ("truncated", "not a readable"), ("random", "not a readable"))
+    ],
+    (
+        "checkpoint-code-pth",
+        "converter",
+        lambda c: load_checkpoint(c.tmp / "evil.pth"),
+        _raises(ValueError, "Refusing to load"),
+    ),
+    (
+        "checkpoint-code-pkl",
+        "converter",
+        lambda c: load_checkpoint(c.tmp / "evil.pkl"),
+        _raises(ValueError, "forbidden global"),
+    ),
+    (
+        "checkpoint-missing",
+        "converter",
+        lambda c: load_checkpoint(c.tmp / "missing.pth"),
+        _raises(ValueError, "does not exist"),
+    ),
+    (
+        "checkpoint-good-pkl",
+        "converter",
+        lambda c: load_checkpoint(c.tmp / "good.pkl"),
+        lambda result, c: torch.testing.assert_close(result["a"], torch.zeros(64, 64, dtype=torch.float64)),
+    ),
+    (
+        "convert-output-is-file",
+        "converter",
+        lambda c: convert("pem-stdc1-cityscapes-semantic", c.tmp / "a_file", backbone_weights=c.tmp / "missing.tar"),
+        _raises(ValueError, "is a file, not a folder"),
+    ),
+    (
+        "output-under-a-file",
+        "converter",
+        lambda c: check_output_dir(c.tmp / "a_file" / "out"),
+        _raises(ValueError, "cannot be created"),
+    ),
+    # --- training
+    (
+        "train-output-is-file",
+        "training",
+        lambda c: _train(c, c.tmp / "a_file"),
+        _raises(ValueError, "is a file, not a folder"),
+    ),
+    (
+        "train-reused-run-dir",
+        "training",
+        lambda c: _train(c, c.tmp / "used_run"),
+        _raises(ValueError, "already holds a run"),
+    ),
+    (
+        "train-resume-not-a-checkpoint",
+        "training",
+        lambda c: _train(c, c.tmp / "new_run", resume=str(c.tmp)),
+        _raises(ValueError, "no such checkpoint"),
+    ),
+    (
+        "dataset-truncated-image",
+        "datasets",
+        lambda c: load_cityscapes(c.data_root, split="train"),
+        _raises(ValueError, "_leftImg8bit.png"),
+    ),
+    ("dataset-missing-root", "datasets", lambda c: load_cityscapes(c.tmp / "nowhere"), _raises(ValueError, "nowhere")),
+    # --- metrics
+    (
+        "miou-labels-out-of-range",
+        "metrics",
+        lambda c: MeanIoU().compute(
+            predictions=[np.zeros((4, 4), int)], references=[np.full((4, 4), 40)], num_labels=19, ignore_index=255
+        ),
+        _raises(ValueError, "No reference pixel holds a class"),
+    ),
+    (
+        "miou-all-ignored-is-nan",
+        "metrics",
+        lambda c: MeanIoU().compute(
+            predictions=[np.zeros((4, 4), int)], references=[np.full((4, 4), 255)], num_labels=19, ignore_index=255
+        ),
+        lambda result, c: np.isnan(result["mean_iou"]) or pytest.fail("all-ignored references must give NaN"),
+    ),
+    (
+        "miou-float-predictions",
+        "metrics",
+        lambda c: MeanIoU().compute(
+            predictions=[np.full((4, 4), 0.5)], references=[np.zeros((4, 4), int)], num_labels=19, ignore_index=255
+        ),
+        _raises(ValueError, "integer"),
+    ),
+    (
+        "miou-compute-before-add",
+        "metrics",
+        lambda c: MeanIoU().compute(num_labels=19, ignore_index=255),
+        _raises(ValueError, "before any example"),
+    ),
+]
+
+
+def test_the_table_covers_every_entry_point():
+    assert len(ROWS) >= 60
+    assert len({row[0] for row in ROWS}) == len(ROWS)
+    entry_points = {row[1] for row in ROWS}
+    assert entry_points == {
+        "processor",
+        "model",
+        "loss",
+        "post-processing",
+        "converter",
+        "training",
+        "datasets",
+        "metrics",
+    }
+
+
+@pytest.mark.parametrize("name, entry_point, call, expected", ROWS, ids=[row[0] for row in ROWS])
+def test_bad_input(context, name, entry_point, call, expected):
+    if isinstance(expected, tuple):
+        _, error, fragment = expected
+        with pytest.raises(error) as raised:
+            call(context)
+        assert fragment in str(raised.value), f"{name}: the message does not say {fragment!r}: {raised.value}"
+    else:
+        with torch.no_grad():
+            result = call(context)
+        expected(result, context)
