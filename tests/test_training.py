@@ -3,6 +3,9 @@
 import json
 import math
 import os
+import random
+import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -198,28 +201,56 @@ def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
     assert (tmp_path / "final" / "preprocessor_config.json").exists()
 
 
-def test_killed_run_resumes_to_the_same_weights(cityscapes_root, tmp_path):
+def _complete(path: Path) -> bool:
+    return (path / "trainer_state.json").exists()
+
+
+def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tmp_path):
+    """A soak of kill points (SIGKILL): during a checkpoint write, between steps after a checkpoint, and during the
+    final save; each run resumes from what the last one left, and the end result is bit-identical."""
     uninterrupted, interrupted = tmp_path / "uninterrupted", tmp_path / "interrupted"
     run(train_command(cityscapes_root, uninterrupted))
 
+    rng = random.Random(0)
+    kill_points = [
+        lambda: any(interrupted.glob("checkpoint-2.tmp")),  # mid-write of the first checkpoint
+        lambda: _complete(interrupted / "checkpoint-2"),  # then a random moment of steps 3-4
+        lambda: any(interrupted.glob("checkpoint-4.tmp")),
+        lambda: _complete(interrupted / "checkpoint-4"),
+        lambda: (interrupted / "final").exists(),  # mid-write of the final model
+    ]
     environment = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    process = subprocess.Popen(
-        [sys.executable, *train_command(cityscapes_root, interrupted)],
-        cwd=ROOT,
-        env=environment,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.time() + 300
-    while latest_checkpoint(interrupted) is None and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    process.kill()
-    process.wait()
-    assert not (interrupted / "final").exists(), "the run finished before it could be killed"
-    assert latest_checkpoint(interrupted) is not None
+    for index, reached in enumerate(kill_points):
+        command = train_command(cityscapes_root, interrupted, *(["--resume"] if index else []))
+        process = subprocess.Popen(
+            [sys.executable, *command], cwd=ROOT, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        deadline = time.time() + 300
+        while not reached() and process.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+        if index % 2:
+            time.sleep(rng.uniform(0.0, 0.5))
+        process.kill()
+        _, stderr = process.communicate()
+        assert process.returncode in (-signal.SIGKILL, 0), stderr.decode()[-3000:]
 
-    run(train_command(cityscapes_root, interrupted, "--resume"))
+    result = run(train_command(cityscapes_root, interrupted, "--resume"))
+    assert "Resumed from" in result.stdout + result.stderr
     assert final_state(interrupted)["weights_sha256"] == final_state(uninterrupted)["weights_sha256"]
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(cityscapes_root, tmp_path):
+    uninterrupted, damaged = tmp_path / "uninterrupted", tmp_path / "damaged"
+    run(train_command(cityscapes_root, uninterrupted))
+    shutil.copytree(uninterrupted, damaged, ignore=shutil.ignore_patterns("final"))
+    weights = damaged / "checkpoint-4" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+
+    result = run(train_command(cityscapes_root, damaged, "--resume"))
+    output = result.stdout + result.stderr
+    assert "checkpoint-4 is unreadable" in output and "falling back to checkpoint-2" in output
+    assert "Resumed from" in output and "checkpoint-2 at step 2" in output
+    assert final_state(damaged)["weights_sha256"] == final_state(uninterrupted)["weights_sha256"]
 
 
 def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):

@@ -243,6 +243,8 @@ def save_checkpoint(accelerator: "accelerate.Accelerator", output_dir: Path, ste
     accelerator.save_state(str(temporary))
     if accelerator.is_main_process:
         (temporary / "trainer_state.json").write_text(json.dumps({"step": step, "epoch": epoch}))
+        if final.exists():  # an unreadable checkpoint that resuming fell back from: the new one replaces it
+            shutil.rmtree(final)
         os.replace(temporary, final)
         checkpoints = sorted(
             (int(m.group(1)), p) for p in output_dir.glob("checkpoint-*") if (m := CHECKPOINT_PATTERN.match(p.name))
