@@ -20,7 +20,7 @@ from transformers_pem import MeanIoU, PEMConfig, PEMForUniversalSegmentation, PE
 from transformers_pem.checkpoint_io_pem import load_checkpoint
 from transformers_pem.conversion_pem import convert
 from transformers_pem.datasets_pem import load_cityscapes
-from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.synthetic_pem import generate_ade20k, generate_cityscapes
 from transformers_pem.training_pem import TrainingConfig, train
 from transformers_pem.utils_pem import check_output_dir
 
@@ -34,6 +34,7 @@ class Context:
     pixel_values: torch.Tensor  # (1, 3, 64, 96)
     image: np.ndarray  # (40, 60, 3) uint8
     data_root: Path  # a synthetic Cityscapes folder with a truncated training image
+    ade20k_root: Path  # a synthetic ADE20K folder with a truncated training JPEG
 
 
 class _Evil:
@@ -75,8 +76,11 @@ def context(tmp_path_factory) -> Context:
     image_path = sorted((data_root / "leftImg8bit" / "train").glob("*/*.png"))[1]
     data = image_path.read_bytes()
     image_path.write_bytes(data[: len(data) * 2 // 3])
+    ade20k_root = generate_ade20k(tmp / "ade20k", num_train=4, num_val=1, size=(64, 80), seed=0)
+    jpeg = sorted((ade20k_root / "images" / "training").glob("*.jpg"))[1]
+    jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])  # passes the load-time check, fails decoding
     image = np.random.default_rng(1).integers(0, 256, (40, 60, 3)).astype(np.uint8)
-    return Context(tmp, model, processor, outputs, pixel_values, image, data_root)
+    return Context(tmp, model, processor, outputs, pixel_values, image, data_root, ade20k_root.parent)
 
 
 def _masks(context: Context, values=(0.0, 1.0), size=None) -> list[torch.Tensor]:
@@ -390,6 +394,25 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         "training",
         lambda c: _train(c, c.tmp / "new_run", resume=str(c.tmp)),
         _raises(ValueError, "no such checkpoint"),
+    ),
+    (
+        "train-truncated-jpeg",
+        "training",
+        lambda c: train(
+            TrainingConfig(
+                output_dir=c.tmp / "ade20k_run",
+                data_root=c.ade20k_root,
+                dataset="ade20k",
+                preset="pem-stdc1-ade20k-semantic",
+                task="semantic",
+                max_steps=2,
+                batch_size=2,
+                scale=0.125,
+                eval_every=0,
+                config_overrides=TINY_DECODER,
+            )
+        ),
+        _raises(ValueError, "ADE_train_00000002.jpg"),
     ),
     (
         "dataset-truncated-image",

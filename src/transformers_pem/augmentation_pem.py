@@ -488,7 +488,28 @@ class AugmentedSegmentationDataset(torch.utils.data.Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return self.transform(self.dataset[index], seed=sample_seed(self.seed, self.epoch, index))
+        try:
+            example = self.dataset[index]
+            return self.transform(example, seed=sample_seed(self.seed, self.epoch, index))
+        except OSError as error:  # PIL decodes lazily: a truncated or corrupt file fails here
+            raise ValueError(
+                f"Example {index} of the training data cannot be decoded ({error}){self._files_of(index)}: replace "
+                "or remove the file."
+            ) from error
+
+    def _files_of(self, index: int) -> str:
+        """The files behind example `index` of a `datasets` dataset with image columns, for error messages."""
+        try:
+            import datasets
+
+            raw = self.dataset.select([index])
+            for name, feature in raw.features.items():
+                if isinstance(feature, datasets.Image):
+                    raw = raw.cast_column(name, datasets.Image(decode=False))
+            paths = [value["path"] for value in raw[0].values() if isinstance(value, dict) and value.get("path")]
+            return f" (files: {', '.join(paths)})" if paths else ""
+        except Exception:  # naming the files is a courtesy; the decoding error above is the one to report
+            return ""
 
 
 def collate_fn(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]:
