@@ -14,7 +14,6 @@ it runs as `accelerate launch scripts/train.py ...`, `torchrun --nproc_per_node 
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -91,8 +90,8 @@ class TrainingConfig:
     warmup_steps: int | None = None
     mixed_precision: str | None = None  # "no", "fp16" or "bf16"
     seed: int = 0
-    # After the last step, recompute BatchNorm running statistics as a plain average over this many training batches
-    # (detectron2's PreciseBN). 0 keeps the running averages of the last steps, as the official recipe does.
+    # After the last step, recompute BatchNorm running statistics over this many batches of training images prepared
+    # as for evaluation (`recompute_batch_norm`). 0 keeps the running averages of the last steps, as officially.
     precise_bn_batches: int = 0
     # Run
     save_every: int = 1000
@@ -426,13 +425,7 @@ def train(config: TrainingConfig) -> dict:
     final = {"step": step, "seconds": time.perf_counter() - started, "last_losses": history[-10:]}
     unwrapped = accelerator.unwrap_model(model)
     if config.precise_bn_batches:
-        torch.manual_seed(sample_seed(config.seed, max_steps, accelerator.process_index))
-        loader.set_epoch(epoch)
-        train_set.set_epoch(epoch)
-        # Passes over the loader as often as needed, holding one batch at a time.
-        batches = itertools.islice((batch for _ in itertools.count() for batch in loader), config.precise_bn_batches)
-        with torch.no_grad():
-            torch.optim.swa_utils.update_bn((batch["pixel_values"] for batch in batches), unwrapped)
+        recompute_batch_norm(unwrapped, processor, train_data, config.batch_size, config.precise_bn_batches)
     if accelerator.num_processes > 1:
         # Parameters must agree across processes. BatchNorm running statistics are per process on CPU (no SyncBN);
         # DDP broadcasts them from process 0 at every forward, and process 0's are the ones saved.
@@ -452,6 +445,26 @@ def train(config: TrainingConfig) -> dict:
         (output_dir / "final" / "training_state.json").write_text(json.dumps(final, indent=1))
     accelerator.end_training()
     return final
+
+
+def recompute_batch_norm(model: nn.Module, processor, dataset, batch_size: int, num_batches: int) -> None:
+    """
+    Recompute the BatchNorm running statistics of `model` as a plain average over the first `num_batches` batches of
+    `dataset`'s images, prepared as for evaluation (the processor's resize, no augmentation). The running averages
+    of the last training steps are noisy at small batches, and the statistics of augmented crops differ from those of
+    evaluation inputs (detectron2's PreciseBN averages training batches instead).
+    """
+    device = next(model.parameters()).device
+    count = min(len(dataset), num_batches * batch_size)
+    batches = (
+        processor(
+            [example["image"] for example in dataset.select(range(start, min(start + batch_size, count)))],
+            return_tensors="pt",
+        )["pixel_values"]
+        for start in range(0, count, batch_size)
+    )
+    with torch.no_grad():
+        torch.optim.swa_utils.update_bn(batches, model, device=device)
 
 
 def freeze_batch_norm(module: nn.Module) -> nn.Module:

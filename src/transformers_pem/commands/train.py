@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
     optim.add_argument("--seed", type=int)
     optim.add_argument(
-        "--precise-bn-batches", type=int, help="recompute BatchNorm statistics over N training batches at the end"
+        "--precise-bn-batches",
+        type=int,
+        help="at the end, recompute BatchNorm statistics over N batches of training images (eval resize)",
     )
     run = parser.add_argument_group("run")
     run.add_argument("--output-dir", required=True)
