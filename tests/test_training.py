@@ -15,9 +15,16 @@ import pytest
 import torch
 from tiny_configs import TINY_DECODER
 
-from transformers_pem import PEMConfig, PEMForUniversalSegmentation
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem.datasets_pem import load_cityscapes
 from transformers_pem.synthetic_pem import generate_cityscapes
-from transformers_pem.training_pem import TrainingConfig, build_optimizer, build_scheduler, latest_checkpoint
+from transformers_pem.training_pem import (
+    TrainingConfig,
+    build_optimizer,
+    build_scheduler,
+    latest_checkpoint,
+    recompute_batch_norm,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -187,6 +194,42 @@ def test_cosine_schedule_matches_detectron2():
     for step in (0, 25, 50, 100):
         expected = 1e-6 + (4e-4 - 1e-6) * 0.5 * (1 + math.cos(math.pi * step / 100))
         assert learning_rates[step] == pytest.approx(expected)
+
+
+def test_recompute_batch_norm_averages_evaluation_inputs(cityscapes_root):
+    """The running statistics of every BatchNorm become the plain average of its per-batch input statistics over the
+    training images resized as for evaluation (3 batches of 2: equal weights per batch)."""
+    torch.manual_seed(0)
+    model = PEMForUniversalSegmentation(PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", **TINY)).eval()
+    processor = PEMImageProcessor.from_preset(
+        "pem-stdc1-cityscapes-semantic", size={"shortest_edge": 64, "longest_edge": 128}
+    )
+    dataset = load_cityscapes(cityscapes_root, split="train")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    means, variances = {id(m): [] for m in norms}, {id(m): [] for m in norms}
+
+    def record(module, inputs, output):
+        x = inputs[0].double()
+        means[id(module)].append(x.mean(dim=(0, 2, 3)))
+        variances[id(module)].append(x.var(dim=(0, 2, 3), unbiased=True))
+
+    model.train()
+    hooks = [m.register_forward_hook(record) for m in norms]
+    with torch.no_grad():
+        for start in (0, 2, 4):
+            images = [example["image"] for example in dataset.select(range(start, start + 2))]
+            model(processor(images, return_tensors="pt")["pixel_values"])
+    for hook in hooks:
+        hook.remove()
+    model.eval()
+
+    recompute_batch_norm(model, processor, dataset, batch_size=2, num_batches=3)
+    assert not model.training
+    for module in norms:
+        expected_mean = torch.stack(means[id(module)]).mean(dim=0).float()
+        expected_var = torch.stack(variances[id(module)]).mean(dim=0).float()
+        torch.testing.assert_close(module.running_mean, expected_mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(module.running_var, expected_var, rtol=1e-4, atol=1e-5)
 
 
 def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
