@@ -114,6 +114,18 @@ def reference_panoptic(class_logits, masks, thing_ids, threshold=0.8, overlap=0.
     return segmentation, segments
 
 
+def reference_rle(mask):
+    """Mask2Former's run-length encoding, run by run: 1-based start and length of each run of ones."""
+    flat, runs, start = np.asarray(mask).flatten(), [], None
+    for index, value in enumerate([*flat, False]):
+        if value and start is None:
+            start = index
+        elif not value and start is not None:
+            runs += [start + 1, index - start]
+            start = None
+    return runs
+
+
 def reference_instances(class_logits, masks, thing_ids, top_k=100):
     """masks: (Q, H, W) mask logits at the output size. Returns [(score, label, binary mask)] by decreasing score."""
     probs = softmax(class_logits.astype(np.float64))[:, :-1]
@@ -344,8 +356,18 @@ def test_post_processing_of_outputs_that_require_grad(task):
             assert tracked_result["segments_info"] == plain_result["segments_info"]
 
 
+def one_query_at_a_time(monkeypatch):
+    """Make post-processing hold the output-size masks of one query at a time, as for a very large output."""
+    monkeypatch.setattr(post_processing_pem, "FULL_MAP_ELEMENTS", 1)
+
+
+@pytest.mark.parametrize("path", ["mask resolution", "full maps", "full maps, one query at a time"])
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_panoptic_matches_reference(seed):
+def test_panoptic_matches_reference(monkeypatch, seed, path):
+    if path != "mask resolution":
+        monkeypatch.setattr(post_processing_pem, "_panoptic_maps", lambda *args: None)
+    if path.endswith("one query at a time"):
+        one_query_at_a_time(monkeypatch)
     class_logits, mask_logits = random_outputs(seed, num_queries=8, num_labels=4, sharp=4.0)
     padded_size, valid_sizes, target_sizes = (32, 40), [(30, 40), (32, 25)], [(30, 40), (48, 37)]
     thing_ids = [2, 3]
@@ -369,8 +391,11 @@ def test_panoptic_matches_reference(seed):
     assert num_segments >= 3  # the seeds produce real segments
 
 
+@pytest.mark.parametrize("one_at_a_time", [False, True], ids=["all queries", "one query at a time"])
 @pytest.mark.parametrize("seed", [4, 5])
-def test_instances_match_reference(seed):
+def test_instances_match_reference(monkeypatch, seed, one_at_a_time):
+    if one_at_a_time:
+        one_query_at_a_time(monkeypatch)
     class_logits, mask_logits = random_outputs(seed, num_queries=5, num_labels=4)
     padded_size, valid_sizes, target_sizes = (32, 40), [(32, 33), (25, 40)], [(20, 22), (50, 80)]
     thing_ids = [0, 2, 3]
@@ -380,6 +405,9 @@ def test_instances_match_reference(seed):
         model_outputs, target_sizes=target_sizes, return_binary_maps=True
     )
     id_maps = processor.post_process_instance_segmentation(model_outputs, target_sizes=target_sizes)
+    encodings = processor.post_process_instance_segmentation(
+        model_outputs, target_sizes=target_sizes, return_coco_annotation=True
+    )
     for b in range(2):
         masks = reference_masks(mask_logits[b].numpy(), padded_size, valid_sizes[b], target_sizes[b])
         expected = reference_instances(class_logits[b].numpy(), masks, thing_ids, top_k=12)
@@ -388,6 +416,8 @@ def test_instances_match_reference(seed):
         assert [s["label_id"] for s in info] == [label for _, label, _ in expected]
         np.testing.assert_allclose([s["score"] for s in info], [score for score, _, _ in expected], atol=1e-5)
         assert np.array_equal(maps[b]["segmentation"].numpy(), np.stack([mask for _, _, mask in expected]))
+        assert encodings[b]["segments_info"] == info
+        assert encodings[b]["segmentation"] == [reference_rle(mask) for _, _, mask in expected]
         # The id map shows, per pixel, the best-scoring instance covering it (-1: none).
         expected_map = np.full(target_sizes[b], -1)
         for index in reversed(range(len(expected))):
@@ -658,3 +688,22 @@ def test_flat_masks_fall_back_to_the_full_maps():
     probs = class_logits[0].softmax(-1)[:, :-1]
     mask_logits = mask_logits * 0.01
     assert post_processing_pem._semantic_labels(probs, mask_logits[0], (64, 64), (64, 64), (64, 64), False) is None
+
+
+@pytest.mark.parametrize("resize_first", [False, True])
+def test_flat_masks_too_large_for_full_maps_take_the_exact_path(monkeypatch, resize_first):
+    """Where the full maps would not fit in `FULL_MAP_ELEMENTS`, undecided pixels are computed exactly instead, a
+    chunk at a time: the labels equal the full maps' ones."""
+    class_logits, mask_logits = random_outputs(8, batch_size=1, num_queries=8, mask_size=(16, 12), sharp=0.1)
+    model_outputs = outputs(class_logits, mask_logits * 0.05, official_pixel_mask([(60, 48)], (64, 48)))
+    processor = PEMImageProcessor(resize_masks_before_semantic_inference=resize_first)
+    expected = processor.post_process_semantic_segmentation(model_outputs, target_sizes=[(90, 70)])[0]
+    probs = class_logits[0].softmax(-1)[:, :-1]
+    arguments = (probs, mask_logits[0] * 0.05, (64, 48), (60, 48), (90, 70), resize_first)
+    assert post_processing_pem._semantic_labels(*arguments) is None  # fits: the full maps
+    with monkeypatch.context() as context:
+        context.setattr(post_processing_pem, "FULL_MAP_ELEMENTS", 90 * 70)  # one map
+        context.setattr(post_processing_pem, "SEMANTIC_BAND_ELEMENTS", 8 * 50)  # chunks of 50 pixels
+        assert torch.equal(_not_none(post_processing_pem._semantic_labels(*arguments)), expected)
+        labels = processor.post_process_semantic_segmentation(model_outputs, target_sizes=[(90, 70)])[0]
+    assert torch.equal(labels, expected)

@@ -3,7 +3,7 @@
 size."""
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 
 import torch
@@ -80,6 +80,10 @@ def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 # Upsampled mask values held at a time by `_semantic_scores` (16 MB in float32).
 SEMANTIC_BAND_ELEMENTS = 4 * 1024 * 1024
+# Output-size values (masks of several queries, or class scores) post-processing may hold at once: 512 MB in float32.
+# Larger outputs (a 6000x8000 photo with 100 queries would need 19 GB of masks) go a chunk of queries at a time, or
+# pixel by pixel along the exact path, so that peak memory does not grow with the number of queries.
+FULL_MAP_ELEMENTS = 128 * 1024 * 1024
 
 
 def _semantic_scores(class_probs: torch.Tensor, mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -184,7 +188,8 @@ def _semantic_labels(
     target_size: tuple[int, int],
     resize_masks_first: bool,
 ) -> Tensor | None:
-    """The semantic argmax without the full-resolution class scores, or None where that does not pay.
+    """The semantic argmax without the full-resolution class scores, or None where that does not pay (and the full
+    maps fit in `FULL_MAP_ELEMENTS`).
 
     Bilinear resizing keeps every output value between the values it interpolates, and the sigmoid and the class sums
     are monotonic: so, per window of mask positions, `class_probs^T sigmoid(min logit)` and `class_probs^T sigmoid(max
@@ -210,7 +215,8 @@ def _semantic_labels(
     winner, decided = _decided_winner(lower, upper)
     labels = candidates[winner][window_index]
     undecided = (~decided[window_index]).nonzero()
-    if len(undecided) > MAX_UNDECIDED_FRACTION * labels.numel():
+    full_map_elements = (num_queries if resize_masks_first else num_labels) * labels.numel()
+    if len(undecided) > MAX_UNDECIDED_FRACTION * labels.numel() and full_map_elements <= FULL_MAP_ELEMENTS:
         return None
 
     pixel_logits = mask_logits.flatten(1).t().contiguous()  # (mask positions, num_queries): a pixel's queries at once
@@ -358,23 +364,61 @@ def _panoptic_maps(
     return winners, winner_above, areas.tolist()
 
 
-# Query masks compared at a time by `_best_instance_map`.
-INSTANCE_MAP_CHUNK = 16
+def _output_masks(
+    mask_logits: Tensor, padded_size: tuple[int, int], valid_size: tuple[int, int], target_size: tuple[int, int]
+) -> Iterator[tuple[int, Tensor]]:
+    """`(start, masks)`: the mask logits of queries `start:start + len(masks)` at the output size, as many queries at
+    a time as `FULL_MAP_ELEMENTS` allows (at least one). Bilinear resizing treats each query's map on its own, so the
+    values do not depend on the chunking."""
+    chunk = max(1, FULL_MAP_ELEMENTS // max(math.prod(padded_size), math.prod(target_size)))
+    for start in range(0, len(mask_logits), chunk):
+        masks = _upsample(mask_logits[start : start + chunk], padded_size)
+        yield start, _crop_and_resize(masks, valid_size, target_size)
 
 
-def _best_instance_map(binary_masks: Tensor, detection_queries: Tensor) -> Tensor:
+def _panoptic_maps_in_chunks(
+    scores: Tensor,
+    mask_logits: Tensor,
+    mask_threshold: float,
+    padded_size: tuple[int, int],
+    valid_size: tuple[int, int],
+    target_size: tuple[int, int],
+) -> tuple[Tensor, Tensor, list[int]]:
+    """`_panoptic_maps`' results from the kept queries' masks at the output size, a chunk of queries at a time: the
+    winner of each pixel so far, its weighted mask value and whether it is above the threshold. A later chunk takes a
+    pixel only with a strictly larger value, so ties go to the first query, as `max(dim=0)` gives them."""
+    best = torch.full(target_size, -math.inf, device=mask_logits.device)
+    winners = torch.zeros(target_size, dtype=torch.int64, device=mask_logits.device)
+    winner_above = torch.zeros(target_size, dtype=torch.bool, device=mask_logits.device)
+    areas = []
+    for start, masks in _output_masks(mask_logits, padded_size, valid_size, target_size):
+        masks = masks.sigmoid_()
+        above = masks >= mask_threshold  # (chunk queries, height, width)
+        areas += above.flatten(1).sum(dim=1).tolist()
+        chunk_best, chunk_winners = masks.mul_(scores[start : start + len(masks), None, None]).max(dim=0)
+        taken = chunk_best > best
+        best = torch.where(taken, chunk_best, best)
+        winners = torch.where(taken, chunk_winners + start, winners)
+        winner_above = torch.where(taken, above.gather(0, chunk_winners[None])[0], winner_above)
+    return winners, winner_above, areas
+
+
+def _best_instance_map(
+    mask_chunks: Iterable[tuple[int, Tensor]], detection_queries: Tensor, num_queries: int, size: tuple[int, int]
+) -> Tensor:
     """`(height, width)` map of the first detection (in `detection_queries` order, one query per detection) whose
-    query mask covers each pixel; -1 where none does. Detections of the same query share its mask, so each query
-    counts with its first detection, and the masks are compared a chunk of queries at a time."""
+    query mask covers each pixel; -1 where none does. `mask_chunks` yields `(start, binary masks)` of the queries
+    `start:start + len(masks)`. Detections of the same query share its mask, so each query counts with its first
+    detection."""
     num_detections = len(detection_queries)
-    first_detection = torch.full((len(binary_masks),), num_detections, dtype=torch.int32, device=binary_masks.device)
-    ranks = torch.arange(num_detections, dtype=torch.int32, device=binary_masks.device)
+    device = detection_queries.device
+    first_detection = torch.full((num_queries,), num_detections, dtype=torch.int32, device=device)
+    ranks = torch.arange(num_detections, dtype=torch.int32, device=device)
     first_detection.scatter_reduce_(0, detection_queries, ranks, reduce="amin")
-    best = torch.full(binary_masks.shape[1:], num_detections, dtype=torch.int32, device=binary_masks.device)
-    for start in range(0, len(binary_masks), INSTANCE_MAP_CHUNK):
-        chunk = slice(start, start + INSTANCE_MAP_CHUNK)
-        covering = torch.where(binary_masks[chunk], first_detection[chunk, None, None], num_detections)
-        best = torch.minimum(best, covering.amin(dim=0))
+    best = torch.full(size, num_detections, dtype=torch.int32, device=device)
+    for start, binary_masks in mask_chunks:
+        chunk_first = first_detection[start : start + len(binary_masks), None, None]
+        best = torch.minimum(best, torch.where(binary_masks, chunk_first, num_detections).amin(dim=0))
     return best.masked_fill_(best == num_detections, -1)
 
 
@@ -443,7 +487,8 @@ class PEMPostProcessingMixin:
                 Output `(height, width)` of each image, usually its original size. Defaults to the processed size
                 without padding.
             return_segmentation_scores (`bool`, *optional*, defaults to `False`):
-                Also return the class scores `(num_labels, height, width)`.
+                Also return the class scores `(num_labels, height, width)` (held whole: 150 classes at 6000x8000
+                take 29 GB in float32).
             pixel_mask (`torch.Tensor` of shape `(batch_size, height, width)`, *optional*):
                 The processor's `pixel_mask`, to drop the batch padding. Defaults to `outputs.pixel_mask` if the
                 outputs carry it, else the inputs are assumed unpadded.
@@ -559,15 +604,11 @@ class PEMPostProcessingMixin:
                 continue
             scores, labels = scores[keep], labels[keep]
             mask_logit = mask_logit[keep]
-            maps = _panoptic_maps(scores, mask_logit, mask_threshold, padded_size, valid_size, target_size)
+            sizes = (padded_size, valid_size, target_size)
+            maps = _panoptic_maps(scores, mask_logit, mask_threshold, *sizes)
             if maps is None:  # the masks at the output size
-                masks = _crop_and_resize(_upsample(mask_logit, padded_size), valid_size, target_size).sigmoid_()
-                above = masks >= mask_threshold  # (kept queries, height, width)
-                original_areas = above.flatten(1).sum(dim=1).tolist()
-                winners = masks.mul_(scores.view(-1, 1, 1)).max(dim=0).indices
-                winner_above = above.gather(0, winners[None])[0]
-            else:
-                winners, winner_above, original_areas = maps
+                maps = _panoptic_maps_in_chunks(scores, mask_logit, mask_threshold, *sizes)
+            winners, winner_above, original_areas = maps
             won_areas = torch.bincount(winners.flatten(), minlength=len(labels)).tolist()
             visible_areas = torch.bincount(winners[winner_above], minlength=len(labels)).tolist()
             # Each pixel belongs to its winner's segment: the segment ids of the kept queries (0: rejected), in the
@@ -625,7 +666,8 @@ class PEMPostProcessingMixin:
             return_coco_annotation (`bool`, *optional*, defaults to `False`):
                 Return `segmentation` as one run-length encoding per instance (see `binary_mask_to_rle`).
             return_binary_maps (`bool`, *optional*, defaults to `False`):
-                Return `segmentation` as a `(num_instances, height, width)` boolean tensor, one mask per instance.
+                Return `segmentation` as a `(num_instances, height, width)` boolean tensor, one mask per instance
+                (one byte per pixel and instance; the other formats hold a few masks at a time).
             pixel_mask (`torch.Tensor`, *optional*):
                 See [`~PEMImageProcessor.post_process_semantic_segmentation`].
 
@@ -658,25 +700,38 @@ class PEMPostProcessingMixin:
 
             # Masks depend only on the query: resize each selected query once (detections share queries).
             queries, detection_query = torch.unique(queries, return_inverse=True)
-            masks = _crop_and_resize(_upsample(mask_logit[queries], padded_size), valid_size, target_size)
-            binary_masks = masks > mask_logit_threshold  # (queries, height, width)
-            # Sigmoids in place: only the binary masks are needed after the mask scores.
-            mask_scores = (masks.sigmoid_().flatten(1) * binary_masks.flatten(1)).sum(1) / (
-                binary_masks.flatten(1).sum(1) + 1e-6
-            )
-            scores = topk_scores * mask_scores[detection_query]
+            sizes = (padded_size, valid_size, target_size)
+            binary_chunks, mask_scores, encodings = [], [], []
+            # The binary masks are kept for the output where they fit; a larger output recomputes them in chunks.
+            keep_binary = return_binary_maps or len(queries) * target_size[0] * target_size[1] <= FULL_MAP_ELEMENTS
+            for start, masks in _output_masks(mask_logit[queries], *sizes):
+                binary_masks = masks > mask_logit_threshold  # (chunk queries, height, width)
+                # Sigmoids in place: only the binary masks are needed after the mask scores.
+                mask_scores.append(
+                    (masks.sigmoid_().flatten(1) * binary_masks.flatten(1)).sum(1)
+                    / (binary_masks.flatten(1).sum(1) + 1e-6)
+                )
+                if return_coco_annotation:
+                    encodings += [binary_mask_to_rle(mask) for mask in binary_masks]
+                elif keep_binary:
+                    binary_chunks.append((start, binary_masks))
+            scores = topk_scores * torch.cat(mask_scores)[detection_query]
             order = [i for i in scores.argsort(descending=True, stable=True).tolist() if scores[i] >= threshold]
 
             segments_info = [
                 {"id": index, "label_id": int(labels[i]), "was_fused": False, "score": float(scores[i])}
                 for index, i in enumerate(order)
             ]
+            order_queries = detection_query[order]
             if return_binary_maps:
-                segmentation = binary_masks[detection_query[order]]
+                segmentation = torch.cat([masks for _, masks in binary_chunks])[order_queries]
             elif return_coco_annotation:
-                segmentation = [binary_mask_to_rle(binary_masks[query]) for query in detection_query[order].tolist()]
+                segmentation = [encodings[query] for query in order_queries.tolist()]
             else:
-                segmentation = _best_instance_map(binary_masks, detection_query[order])
+                if not keep_binary:
+                    chunks = _output_masks(mask_logit[queries], *sizes)
+                    binary_chunks = ((start, masks > mask_logit_threshold) for start, masks in chunks)
+                segmentation = _best_instance_map(binary_chunks, order_queries, len(queries), target_size)
             results.append({"segmentation": segmentation, "segments_info": segments_info})
         return results
 
