@@ -26,6 +26,7 @@ from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, 
 import transformers_pem  # noqa: F401  (registers PEM with the Auto classes)
 from transformers_pem import draw_segmentation
 from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.visualization_pem import CURVES_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU")
@@ -129,6 +130,7 @@ def main() -> None:
         labels = ", ".join(sorted({segment["label"] for segment in segments}))
         print(f"pipeline on {path.name}: {len(segments)} segments ({labels})")
 
+    curves = run_dir / CURVES_FILE  # drawn by the training run from its scalars.jsonl
     minutes = (time.perf_counter() - started) / 60
     summary = {
         "metrics": {key: metrics[key] for key in METRICS if key in metrics},
@@ -136,6 +138,7 @@ def main() -> None:
         "threads": args.threads,
         "checkpoint": str(checkpoint),
         "overlays": str(overlays),
+        "curves": str(curves),
         "minutes": round(minutes, 1),
     }
     (output_dir / "demo_summary.json").write_text(json.dumps(summary, indent=1))
@@ -143,7 +146,8 @@ def main() -> None:
     print("| " + " | ".join(f"{metrics[key]:.1f}" for key in METRICS) + " |\n")
     print(f"Done in {minutes:.1f} minutes ({args.threads} threads, seed {args.seed}).")
     print(
-        f"Checkpoint: {checkpoint}\nOverlays: {overlays}\nMetrics: {results_file}, {output_dir / 'demo_summary.json'}"
+        f"Checkpoint: {checkpoint}\nOverlays: {overlays}\nCurves: {curves}\n"
+        f"Metrics: {results_file}, {output_dir / 'demo_summary.json'}"
     )
 
 

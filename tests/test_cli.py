@@ -59,9 +59,9 @@ def test_console_script_and_help():
     assert (Path(sys.executable).parent / "pem").is_file()  # [project.scripts]
     completed = run_pem("--help")
     assert completed.returncode == 0
-    for command in ("predict", "train", "evaluate", "convert", "benchmark"):
+    for command in ("predict", "train", "evaluate", "convert", "export", "plot", "benchmark"):
         assert f"    {command}" in completed.stdout
-    for command in ("train", "evaluate", "convert", "benchmark"):  # the subcommands' own command lines
+    for command in ("train", "evaluate", "convert", "export", "plot", "benchmark"):  # their own command lines
         completed = run_pem(command, "--help")
         assert completed.returncode == 0 and "usage:" in completed.stdout, command
 

@@ -145,6 +145,27 @@ def test_pipeline_matches_the_processor_and_model(checkpoint, subtask):
         assert np.array_equal(np.asarray(annotation["mask"]) > 0, mask)
 
 
+@pytest.mark.parametrize("subtask", ["semantic", "instance", "panoptic"])
+def test_pipeline_batches_mixed_sizes_with_a_pad_size(checkpoint, subtask):
+    """transformers' pipeline concatenates a batch's pixel_values, so images of different sizes need one padded size:
+    with the processor's `pad_size`, a batch of three sizes gives each image's own results."""
+    directory, _, _ = checkpoint
+    processor = PEMImageProcessor.from_pretrained(directory, pad_size={"height": 128, "width": 128})
+    segmenter = pipeline("image-segmentation", model=str(directory), image_processor=processor)
+    rng = np.random.default_rng(1)
+    images = [PIL.Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8)) for shape in
+              [(50, 70, 3), (64, 128, 3), (90, 60, 3)]]  # fmt: skip
+    kwargs = {"subtask": subtask, "threshold": 0.3, "overlap_mask_area_threshold": 0.5}
+    batched = segmenter(images, batch_size=3, **kwargs)
+    assert len(batched) == 3
+    for image, annotations in zip(images, batched):
+        alone = segmenter(image, **kwargs)
+        assert annotations and [a["label"] for a in annotations] == [a["label"] for a in alone]
+        for annotation, expected in zip(annotations, alone):
+            assert annotation["mask"].size == image.size
+            assert np.array_equal(np.asarray(annotation["mask"]), np.asarray(expected["mask"]))
+
+
 REMOTE_CODE_SCRIPT = textwrap.dedent(
     """
     import json, sys

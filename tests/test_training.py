@@ -11,11 +11,13 @@ import sys
 import time
 from pathlib import Path
 
+import PIL.Image
 import pytest
 import torch
 from tiny_configs import TINY_DECODER
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem.commands import cli
 from transformers_pem.datasets_pem import load_cityscapes
 from transformers_pem.synthetic_pem import generate_cityscapes
 from transformers_pem.training_pem import (
@@ -25,6 +27,7 @@ from transformers_pem.training_pem import (
     latest_checkpoint,
     recompute_batch_norm,
 )
+from transformers_pem.visualization_pem import plot_training_curves, read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -242,6 +245,15 @@ def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
     assert loading["missing_keys"] == set() or loading["missing_keys"] == [], loading
     assert model.config.num_labels == 19 and model.config.hidden_dim == 32
     assert (tmp_path / "final" / "preprocessor_config.json").exists()
+    # The scalars of every step, as JSON lines, and the curves drawn from them (2 panels: no evaluation).
+    entries = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in entries] == [1, 2, 3, 4, 5, 6]
+    assert set(entries[0]) == {"step", "train/loss", "train/loss_cross_entropy", "train/loss_mask", "train/loss_dice",
+                               "train/lr"}  # fmt: skip
+    assert [entry["train/loss"] for entry in entries] == final_state(tmp_path)["last_losses"]
+    assert all(entry["train/loss"] > entry["train/loss_dice"] > 0 for entry in entries)
+    with PIL.Image.open(tmp_path / "curves.png") as curves:
+        assert curves.format == "PNG" and curves.size == (1000, 400)
 
 
 def _complete(path: Path) -> bool:
@@ -280,6 +292,8 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tmp_path):
     result = run(train_command(cityscapes_root, interrupted, "--resume"))
     assert "Resumed from" in result.stdout + result.stderr
     assert final_state(interrupted)["weights_sha256"] == final_state(uninterrupted)["weights_sha256"]
+    # The scalars of the steps run twice (after a kill) appear once, equal to the uninterrupted run's.
+    assert (interrupted / "scalars.jsonl").read_text() == (uninterrupted / "scalars.jsonl").read_text()
 
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(cityscapes_root, tmp_path):
@@ -322,3 +336,26 @@ def test_finetune_notebook_runs_on_a_custom_folder(tmp_path, monkeypatch):
     model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "run" / "final")
     assert model.config.id2label == {0: "background", 1: "square", 2: "disc"} and model.config.thing_ids == [1, 2]
     assert any(output.get("output_type") == "execute_result" for output in notebook.cells[-1].outputs)
+
+
+def test_curves_of_a_run_that_evaluated(tmp_path, capsys):
+    """Three panels with evaluation entries; a re-evaluation at the same step replaces the first; `pem plot` draws
+    them on demand and fails in one line on a folder without scalars."""
+    lines = [{"step": step, "train/loss": 10.0 / step, "train/loss_dice": 1.0 / step, "train/lr": 1e-3} for step in
+             range(1, 41)]  # fmt: skip
+    lines += [{"step": 20, "eval/PQ": 30.0, "eval/mIoU": 50.0}, {"step": 40, "eval/PQ": 40.0, "eval/mIoU": 60.0}]
+    lines.append({"step": 40, "eval/PQ": 45.0, "eval/mIoU": 61.0})  # after BatchNorm recomputation
+    (tmp_path / "scalars.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    series = read_scalars(tmp_path / "scalars.jsonl")
+    assert series["eval/PQ"] == ([20, 40], [30.0, 45.0])
+    assert series["train/loss"][0] == list(range(1, 41)) and series["train/loss"][1][3] == 2.5
+    path = plot_training_curves(tmp_path)
+    assert path == tmp_path / "curves.png"
+    with PIL.Image.open(path) as curves:
+        assert curves.size == (1500, 400)
+    path.unlink()
+    assert cli.main(["plot", str(tmp_path), "--output", str(tmp_path / "mine.png")]) == 0
+    assert (tmp_path / "mine.png").is_file() and capsys.readouterr().out.strip() == str(tmp_path / "mine.png")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", str(tmp_path / "nothing")])
+    assert exit_info.value.code == 1 and "No scalars.jsonl" in capsys.readouterr().err

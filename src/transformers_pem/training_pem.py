@@ -41,11 +41,14 @@ from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation
 from .presets_pem import Protocol, check_task, get_preset
 from .utils_pem import check_output_dir, require
+from .visualization_pem import CURVES_FILE, SCALARS_FILE, plot_training_curves
 
 accelerate = require("accelerate", "train", "Training")
 accelerate_utils = require("accelerate.utils", "train", "Training")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+# The unweighted loss terms of the final prediction, logged beside the weighted total.
+LOSS_TERMS = ("loss_cross_entropy", "loss_mask", "loss_dice")
 
 _SHARED_RECIPE = ("weight_decay", "backbone_lr_multiplier", "clip_grad_norm", "warmup_steps")
 # Without an official preset (a model from `model_name_or_path` only): a short fine-tuning schedule.
@@ -232,6 +235,36 @@ def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+class ScalarLog:
+    """The run's scalars as JSON lines in `<output_dir>/scalars.jsonl` (one object per step or evaluation, with
+    its `step`), written by the main process beside the configured tracker: readable without a tracker, and the
+    source of `curves.png`. On resume, entries after the resumed step (and a line cut by a kill) are dropped, so the
+    file equals an uninterrupted run's."""
+
+    def __init__(self, output_dir: Path, resumed_step: int, enabled: bool):
+        self.path = output_dir / SCALARS_FILE
+        self.enabled = enabled
+        if not enabled:
+            return
+        output_dir.mkdir(parents=True, exist_ok=True)
+        kept = []
+        if resumed_step and self.path.exists():
+            for line in self.path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if entry.get("step", math.inf) <= resumed_step:
+                    kept.append(line + "\n")
+        self.path.write_text("".join(kept))
+
+    def log(self, accelerator: "accelerate.Accelerator", values: dict[str, float], step: int) -> None:
+        accelerator.log(values, step=step)
+        if self.enabled:
+            with open(self.path, "a") as file:
+                file.write(json.dumps({"step": step, **values}) + "\n")
+
+
 def save_checkpoint(accelerator: "accelerate.Accelerator", output_dir: Path, step: int, epoch: int, keep: int) -> None:
     """Write `checkpoint-<step>` atomically (to a temporary folder, renamed when complete), keep the last `keep`."""
     final = output_dir / f"checkpoint-{step}"
@@ -286,6 +319,7 @@ def train(config: TrainingConfig) -> dict:
     """Fine-tune PEM as `config` says; checkpoints go to `config.output_dir` (`checkpoint-<step>`, atomic) and the
     final model to `<output_dir>/final` (`save_pretrained`, with its processor). Returns the final state."""
     output_dir = check_output_dir(config.output_dir, "output_dir")
+    require("matplotlib", "train", "Drawing the training curves")  # at the end: missing, it would fail only then
     if config.resume == "latest":
         checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
     elif config.resume:
@@ -375,6 +409,7 @@ def train(config: TrainingConfig) -> dict:
 
     settings = {**dataclasses.asdict(config), **recipe}
     accelerator.init_trackers("pem", config={k: v for k, v in settings.items() if isinstance(v, int | float | str)})
+    scalars = ScalarLog(output_dir, step, enabled=accelerator.is_main_process)
     progress = tqdm(total=max_steps, initial=step, disable=not accelerator.is_main_process, desc="train")
     history, started = [], time.perf_counter()
     metrics, evaluated_step = None, None
@@ -403,18 +438,21 @@ def train(config: TrainingConfig) -> dict:
             if not accelerator.sync_gradients:
                 continue
             step += 1
-            loss = accelerator.reduce(outputs.loss.detach(), reduction="mean").item()
+            # The weighted total and the final prediction's unweighted terms, averaged over processes.
+            terms = [outputs.loss.detach()] + [outputs.loss_dict[name].detach() for name in LOSS_TERMS]
+            loss, *term_values = accelerator.reduce(torch.stack(terms), reduction="mean").tolist()
             history.append(loss)
             progress.update(1)
             learning_rate = max(scheduler.get_last_lr())  # the head's; the backbone's is scaled down
             progress.set_postfix(loss=f"{loss:.3f}", lr=f"{learning_rate:.2e}")
-            accelerator.log({"train/loss": loss, "train/lr": learning_rate}, step=step)
+            values = {"train/loss": loss, **{f"train/{name}": v for name, v in zip(LOSS_TERMS, term_values)}}
+            scalars.log(accelerator, {**values, "train/lr": learning_rate}, step)
             if config.save_every and step % config.save_every == 0 and step < max_steps:
                 save_checkpoint(accelerator, output_dir, step, epoch, config.keep_checkpoints)
             if eval_data is not None and step % config.eval_every == 0:
                 metrics = evaluate_during_training(accelerator, model, processor, eval_data, config.task)
                 evaluated_step = step
-                accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+                scalars.log(accelerator, {f"eval/{k}": v for k, v in metrics.items()}, step)
                 accelerator.print(f"step {step}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
                 model.train()
             if step >= max_steps:
@@ -433,9 +471,10 @@ def train(config: TrainingConfig) -> dict:
         digests = accelerator.gather_for_metrics([digest], use_gather_object=True)
         final["replicas_identical"] = len(set(digests)) == 1
     if eval_data is not None:
-        # The final weights were just evaluated if the last step was an evaluation step.
-        if evaluated_step != step:
+        # The final weights were just evaluated if the last step was an evaluation step (and BatchNorm was kept).
+        if evaluated_step != step or config.precise_bn_batches:
             metrics = evaluate_during_training(accelerator, model, processor, eval_data, config.task)
+            scalars.log(accelerator, {f"eval/{k}": v for k, v in metrics.items()}, step)
         final["eval"] = metrics
     final["weights_sha256"] = tensors_digest(unwrapped.state_dict())
     if accelerator.is_main_process:
@@ -443,6 +482,7 @@ def train(config: TrainingConfig) -> dict:
         unwrapped.save_pretrained(output_dir / "final", safe_serialization=True)
         processor.save_pretrained(output_dir / "final")
         (output_dir / "final" / "training_state.json").write_text(json.dumps(final, indent=1))
+        plot_training_curves(scalars.path, output_dir / CURVES_FILE)
     accelerator.end_training()
     return final
 

@@ -1,6 +1,9 @@
-"""Colour overlays of PEM segmentation results, with a legend of the label names."""
+"""Colour overlays of PEM segmentation results, with a legend of the label names; training curves."""
 
 import colorsys
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -11,6 +14,7 @@ import torch
 from .configuration_pem import MASK_STRIDE, SIZE_DIVISOR, padded_size
 from .labels_pem import DATASET_LABELS
 from .post_processing_pem import valid_sizes
+from .utils_pem import require
 
 # Official dataset colours, indexed by class: "cityscapes" (19 train ids) and "ade20k" (150 classes).
 PALETTES: dict[str, list[tuple[int, int, int]]] = {
@@ -294,3 +298,68 @@ __all__ = [
     "kept_queries",
     "prototype_locations",
 ]
+
+
+# A training run's scalars (JSON lines, one object per step or evaluation) and the picture drawn from them.
+SCALARS_FILE = "scalars.jsonl"
+CURVES_FILE = "curves.png"
+# Training losses are drawn raw and as a moving average over this many steps.
+SMOOTHING_STEPS = 25
+
+
+def read_scalars(path: str | os.PathLike) -> dict[str, tuple[list[int], list[float]]]:
+    """`{name: (steps, values)}` from a `scalars.jsonl` file, in step order; a later entry for the same step and name
+    (a re-evaluation after BatchNorm recomputation) replaces the earlier one."""
+    series: dict[str, dict[int, float]] = {}
+    for line in Path(path).read_text().splitlines():
+        entry = json.loads(line)
+        step = entry.pop("step")
+        for name, value in entry.items():
+            series.setdefault(name, {})[step] = value
+    return {name: (sorted(values), [values[s] for s in sorted(values)]) for name, values in series.items()}
+
+
+def _moving_average(values: list[float], window: int) -> np.ndarray:
+    cumulative = np.cumsum(np.insert(np.asarray(values, dtype=np.float64), 0, 0.0))
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    return (cumulative[1:] - cumulative[np.arange(len(values)) + 1 - counts]) / counts
+
+
+def plot_training_curves(scalars_path: str | os.PathLike, output_path: str | os.PathLike | None = None) -> Path:
+    """
+    Draw a run's curves from its `scalars.jsonl` to a PNG (default: `curves.png` beside it): the training loss and
+    its terms (raw and smoothed), the learning rate, and the evaluation metrics if the run evaluated. Returns the path.
+    """
+    figure_module = require("matplotlib.figure", "train", "Drawing training curves")
+    scalars_path = Path(scalars_path)
+    if scalars_path.is_dir():
+        scalars_path = scalars_path / SCALARS_FILE
+    if not scalars_path.is_file():
+        raise FileNotFoundError(f"No {SCALARS_FILE} at {scalars_path}: pass a training run folder or its scalars.")
+    series = read_scalars(scalars_path)
+    if "train/loss" not in series:
+        raise ValueError(f"{scalars_path} holds no training step (no train/loss entry).")
+    losses = [name for name in series if name.startswith("train/loss")]
+    metrics = [name for name in series if name.startswith("eval/")]
+    panels = [("training loss", losses), ("learning rate", ["train/lr"])]
+    if metrics:
+        panels.append(("evaluation", metrics))
+    # A Figure without pyplot: no global backend or state is touched in the caller's process.
+    figure = figure_module.Figure(figsize=(5 * len(panels), 4), layout="constrained")
+    for axes, (title, names) in zip(figure.subplots(1, len(panels), squeeze=False)[0], panels):
+        for name in names:
+            steps, values = series[name]
+            label = name.split("/", 1)[1]
+            if title == "training loss":
+                line = axes.plot(steps, _moving_average(values, SMOOTHING_STEPS), label=label)[0]
+                axes.plot(steps, values, color=line.get_color(), alpha=0.2, linewidth=0.8)
+            else:
+                axes.plot(steps, values, marker="o" if len(steps) < 30 else None, label=label)
+        if title == "training loss":
+            axes.set_yscale("log")
+        axes.set(title=title, xlabel="step")
+        if len(names) > 1:
+            axes.legend(fontsize="small")
+    output_path = Path(output_path) if output_path is not None else scalars_path.with_name(CURVES_FILE)
+    figure.savefig(output_path, dpi=100)
+    return output_path

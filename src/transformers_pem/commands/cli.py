@@ -17,6 +17,7 @@ DELEGATED = {
     "evaluate": ("transformers_pem.commands.evaluate", "the paper's metrics of a checkpoint on a dataset"),
     "convert": ("transformers_pem.commands.convert", "convert an official detectron2 checkpoint"),
     "export": ("transformers_pem.commands.export", "export a checkpoint to ONNX (and int8) for ONNX Runtime"),
+    "plot": ("transformers_pem.commands.plot", "draw a training run's curves (loss terms, learning rate, metrics)"),
     "benchmark": (None, "latency, GMACs and memory against Mask2Former (from a clone of the repository)"),
 }
 
@@ -29,6 +30,7 @@ EXAMPLES = """examples:
   pem evaluate runs/stdc1/final --dataset cityscapes --data-root data/cityscapes --task panoptic
   pem convert --checkpoint model_final.pth --config pem_STDC1_bs32_90k.yaml --output-dir pem-stdc1
   pem export runs/stdc1/final --output stdc1-onnx --quantize int8 --calibration-data data/cityscapes/leftImg8bit/val
+  pem plot runs/stdc1   (writes runs/stdc1/curves.png from runs/stdc1/scalars.jsonl)
   accelerate launch -m transformers_pem.commands.train ...   (several processes)"""
 
 
