@@ -667,3 +667,53 @@ def test_mask_ap_rejects_bad_input(tmp_path):
 def test_evaluate_load_from_path(script, metric_class):
     assert type(evaluate.load(str(METRIC_SCRIPTS / script))) is metric_class
     assert type(evaluate.load(str(METRIC_SCRIPTS / script / f"{script}.py"))) is metric_class
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Statistics of several processes, merged
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def exactly_equal(first, second) -> bool:
+    """Equal results, NaN equal to NaN, floats to the last bit."""
+    if isinstance(first, dict):
+        return first.keys() == second.keys() and all(exactly_equal(first[k], second[k]) for k in first)
+    if isinstance(first, (list, tuple, np.ndarray)):
+        return len(first) == len(second) and all(exactly_equal(a, b) for a, b in zip(first, second))
+    return (
+        (math.isnan(first) and math.isnan(second))
+        if isinstance(first, float) and math.isnan(first)
+        else first == second
+    )
+
+
+@pytest.mark.parametrize("num_processes", [2, 3])
+def test_merged_states_of_uneven_shards_equal_one_process(num_processes):
+    """Each metric fed an interleaved share of the cases per "process" (uneven: 7 or 8 cases), then merged: exactly
+    the one-process results (PQ's IoU sums and AP's score ties included), whatever the order of the states."""
+    rng = np.random.default_rng(10 + num_processes)
+    semantic = [semantic_case(rng, "random") for _ in range(7)]
+    panoptic = [panoptic_case(rng, empty_prediction=index == 3) for index in range(7)] + [boundary_panoptic_case()]
+    instance = [instance_case(rng) for _ in range(6)] + [instance_case(rng, no_detections=True)]
+    for metric_class, cases, kwargs in (
+        (MeanIoU, [(p, ID_TO_TRAIN_ID[labels]) for labels, p in semantic], {"num_labels": 19, "ignore_index": 255}),
+        (PanopticQuality, panoptic, {"thing_ids": THING_IDS, "stuff_ids": STUFF_IDS}),
+        (MaskAP, instance, {"thing_ids": AP_THING_IDS}),
+    ):
+        one = metric_class()
+        for prediction, reference in cases:
+            one.add(prediction=prediction, reference=reference)
+        expected = one.compute(**kwargs)
+        shards = [list(range(rank, len(cases), num_processes)) for rank in range(num_processes)]
+        states = []
+        for keys in shards:
+            part = metric_class()
+            for index in keys:
+                part.add(prediction=cases[index][0], reference=cases[index][1])
+            states.append(part.state())
+        merged = metric_class()
+        merged.merge_states(states[::-1], shards[::-1])
+        assert len(merged) == len(cases)
+        assert exactly_equal(merged.compute(**kwargs), expected), metric_class.__name__
+    with pytest.raises(ValueError, match="same key"):
+        MeanIoU().merge_states([states[0], states[0]], [shards[0], shards[0]])

@@ -311,11 +311,21 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(cityscapes_root, tmp_
 
 
 def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):
+    """Two CPU processes: identical replicas, and the evaluation spread over both (process 0's BatchNorm statistics)
+    equals one process's evaluation of the saved model."""
     launcher = (sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517")
-    result = run(train_command(cityscapes_root, tmp_path, "--max-steps=2", "--batch-size=2"), launcher)
+    command = train_command(cityscapes_root, tmp_path, "--max-steps=2", "--batch-size=2", "--eval-every=2")
+    result = run(command, launcher)
     state = final_state(tmp_path)
     assert state["replicas_identical"] is True, result.stdout
     assert state["step"] == 2
+    from transformers_pem.evaluation_pem import evaluate_model
+
+    model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "final")
+    processor = PEMImageProcessor.from_pretrained(tmp_path / "final")
+    dataset = load_cityscapes(cityscapes_root, split="val", task="semantic")
+    expected = evaluate_model(model, processor, dataset, task="semantic", progress=False)
+    assert state["eval"] == {key: expected[key] for key in ("mIoU", "mAcc", "pAcc")}
 
 
 def test_finetune_notebook_runs_on_a_custom_folder(tmp_path, monkeypatch):

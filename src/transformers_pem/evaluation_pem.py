@@ -42,6 +42,10 @@ from .labels_pem import dataset_for
 from .metrics_pem import MaskAP, MeanIoU, PanopticQuality
 from .presets_pem import check_task
 from .submission_pem import PredictionExporter
+from .utils_pem import require
+
+accelerate = require("accelerate", "eval", "Evaluating (one process or several)")
+accelerate_utils = require("accelerate.utils", "eval", "Evaluating (one process or several)")
 
 # Headline metrics per task, in the order of the paper's tables.
 HEADLINE_METRICS = {
@@ -185,15 +189,22 @@ def evaluate_model(
         exporter = PredictionExporter(export_dir, id2label, predictor.thing_ids, label_set)
     scores = _DatasetScores(task, id2label, predictor.thing_ids, ignore_index, exporter)
     examples = _EvaluationExamples(dataset, task, ignore_index, reduce_labels)
-    loader = torch.utils.data.DataLoader(examples, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    # Under `accelerate launch` / `torchrun`, each process evaluates every num_processes-th example (no padding, so
+    # no example twice), and the statistics are gathered below.
+    state = accelerate.PartialState(cpu=not torch.cuda.is_available())  # CPU processes too (gloo)
+    shard = torch.utils.data.Subset(examples, range(state.process_index, len(examples), state.num_processes))
+    loader = torch.utils.data.DataLoader(shard, batch_size=batch_size, num_workers=num_workers, collate_fn=list)
+    show = progress and state.is_main_process
     with eval_mode(model), torch.inference_mode():
-        with tqdm(total=len(dataset), unit="img", desc=f"Evaluating ({task})", disable=not progress) as bar:
+        with tqdm(total=len(shard), unit="img", desc=f"Evaluating ({task})", disable=not show) as bar:
             for items in loader:
                 predictions = predictor([item["image"] for item in items], return_scores=False)
                 for item, prediction in zip(items, predictions):
                     scores.add(item, prediction)
                 bar.update(len(items))
-    if exporter is not None:
+    if state.num_processes > 1:
+        scores.merge_states(accelerate_utils.gather_object([scores.state()]))
+    if exporter is not None and state.is_main_process:
         exporter.close()
     return scores.compute()
 
@@ -206,9 +217,25 @@ class _DatasetScores:
         self.exporter = exporter
         self.semantic_metric = MeanIoU() if task != "instance" else None
         self.segments_metric = {"panoptic": PanopticQuality(), "instance": MaskAP()}.get(task)
+        self.indices = []  # dataset index of every added example, in order
+
+    def state(self) -> dict:
+        """The statistics of the examples added here (one process's share)."""
+        parts = {"semantic": self.semantic_metric, "segments": self.segments_metric, "exporter": self.exporter}
+        return {"indices": self.indices, **{name: part.state() for name, part in parts.items() if part is not None}}
+
+    def merge_states(self, states: list[dict]) -> None:
+        """Combine every process's `state()` in dataset order: the same statistics as one process adding all."""
+        keys = [state["indices"] for state in states]
+        parts = {"semantic": self.semantic_metric, "segments": self.segments_metric, "exporter": self.exporter}
+        for name, part in parts.items():
+            if part is not None:
+                part.merge_states([state[name] for state in states], keys)
+        self.indices = sorted(index for part_keys in keys for index in part_keys)
 
     def add(self, item: dict, prediction: dict) -> None:
         """Add an item of `_EvaluationExamples` and its prediction."""
+        self.indices.append(item["index"])
         image_id = item["image_id"]
         if self.semantic_metric is not None:
             semantic = prediction["semantic"].cpu().numpy()

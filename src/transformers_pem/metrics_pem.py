@@ -3,8 +3,11 @@
 The three metrics are `evaluate.Metric` subclasses with the usual `add`, `add_batch` and `compute` methods, but they
 do not write the full-resolution maps to evaluate's Arrow cache. Each `add` reduces an image to the statistics the
 metric needs (a sparse joint histogram of reference and predicted values for mean IoU, per-category TP/FP/FN counts
-and IoU sums for PQ, run-length encoded masks for AP), keeps them in memory, and `compute` works from them only.
-They therefore run on a single process (`num_process=1`).
+and the IoUs of matches for PQ, run-length encoded masks for AP), keeps them in memory, and `compute` works from them
+only. Across processes, each process adds its share of the examples and `merge_states` combines their `state()`s
+(gathered with accelerate, as `evaluate_model` does): the examples are taken in the order of the keys given with
+each state (dataset indices), so the result equals one process adding all of them in that order. evaluate's own
+`num_process` / Arrow-cache route is not used (`num_process=1`).
 
 The numbers equal the official scorers: the Hub's `mean_iou` and `cityscapesscripts.evaluation.
 evalPixelLevelSemanticLabeling` (mean IoU), `cityscapesscripts.evaluation.evalPanopticSemanticLabeling` and
@@ -17,10 +20,11 @@ import contextlib
 import io
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
-from .utils_pem import require
+from .utils_pem import key_order, require
 
 evaluate = require("evaluate", "eval", "Computing the PEM metrics")
 datasets = require("datasets", "eval", "Computing the PEM metrics")
@@ -90,10 +94,32 @@ class _StreamingMetric(evaluate.Metric):
         self._reset()
         return result
 
+    def state(self) -> dict:
+        """The statistics added so far (picklable), to combine with other processes' by `merge_states`."""
+        return {"num_examples": self._num_examples, **self._state()}
+
+    def merge_states(self, states: Sequence[dict], keys: Sequence[Sequence[int]]) -> None:
+        """Replace the statistics by the union of `states` (e.g. one per process); `keys[i]` holds a key per example
+        of `states[i]`, in the order they were added (their dataset indices). The examples are combined in key order,
+        so `compute` gives what one process gets adding them in that order (floating-point sums included)."""
+        if len(states) != len(keys) or any(len(k) != state["num_examples"] for state, k in zip(states, keys)):
+            raise ValueError("merge_states needs one key per example of each state.")
+        order = key_order(keys)
+        self._reset()
+        self._merge(states, order)
+        self._num_examples = len(order)
+
     def _reset(self):
         raise NotImplementedError
 
     def _accumulate(self, prediction, reference):
+        raise NotImplementedError
+
+    def _state(self) -> dict:
+        raise NotImplementedError
+
+    def _merge(self, states: Sequence[dict], order: list[tuple[int, int]]) -> None:
+        """Take the statistics of `states`; `order` lists (state, example position) in the order to combine them."""
         raise NotImplementedError
 
 
@@ -224,6 +250,13 @@ Returns:
         self._num_examples = 0
         self._pixel_counts = Counter()  # (reference value, predicted value) -> number of pixels
 
+    def _state(self) -> dict:
+        return {"pixel_counts": dict(self._pixel_counts)}
+
+    def _merge(self, states, order):
+        for state in states:  # integer counts: any order
+            self._pixel_counts.update(state["pixel_counts"])
+
     def _accumulate(self, prediction, reference):
         prediction = _to_int_array(prediction, "prediction")
         reference = _to_int_array(reference, "reference")
@@ -346,11 +379,27 @@ Returns:
 
     def _reset(self):
         self._num_examples = 0
-        self._true_positives = Counter()
         self._false_positives = Counter()
         self._false_negatives = Counter()
-        self._iou_sums = Counter()
+        # Per example, the (class, IoU) of its matches in the order found: the official scorers sum the IoUs in
+        # example order, and keeping them lets examples from several processes be summed in that order too.
+        self._matches: list[list[tuple[int, float]]] = []
         self._seen_classes = set()
+
+    def _state(self) -> dict:
+        return {
+            "false_positives": dict(self._false_positives),
+            "false_negatives": dict(self._false_negatives),
+            "matches": self._matches,
+            "seen_classes": sorted(self._seen_classes),
+        }
+
+    def _merge(self, states, order):
+        for state in states:
+            self._false_positives.update(state["false_positives"])
+            self._false_negatives.update(state["false_negatives"])
+            self._seen_classes.update(state["seen_classes"])
+        self._matches = [states[number]["matches"][position] for number, position in order]
 
     def _accumulate(self, prediction, reference):
         predicted_classes = _predicted_segments(prediction)
@@ -374,7 +423,7 @@ Returns:
             predicted_areas[predicted_id] += count
             reference_areas[reference_id] += count
 
-        matched_references, matched_predictions = set(), set()
+        matched_references, matched_predictions, matches = set(), set(), []
         for (reference_id, predicted_id), intersection in overlaps.items():
             if reference_id == 0 or predicted_id is None:
                 continue
@@ -389,10 +438,10 @@ Returns:
             )
             iou = intersection / union
             if iou > 0.5:
-                self._true_positives[category] += 1
-                self._iou_sums[category] += iou
+                matches.append((category, iou))
                 matched_references.add(reference_id)
                 matched_predictions.add(predicted_id)
+        self._matches.append(matches)
 
         crowd_segment_of_class = {}
         for reference_id, (category, is_crowd) in reference_segments.items():
@@ -423,14 +472,19 @@ Returns:
                 f"Classes {sorted(unknown)} occur in the segments but are in neither thing_ids nor stuff_ids."
             )
 
+        true_positives_of, iou_sums = Counter(), Counter()
+        for matches in self._matches:  # summed in example order, as the official scorers do
+            for category, iou in matches:
+                true_positives_of[category] += 1
+                iou_sums[category] += iou
         per_category = {name: {} for name in ("pq", "sq", "rq")}
         for category in sorted(thing_ids | stuff_ids):
-            true_positives = self._true_positives[category]
+            true_positives = true_positives_of[category]
             errors = 0.5 * self._false_positives[category] + 0.5 * self._false_negatives[category]
             if true_positives + errors == 0:
                 pq = sq = rq = float("nan")
             else:
-                iou_sum = self._iou_sums[category]
+                iou_sum = iou_sums[category]
                 pq = iou_sum / (true_positives + errors)
                 sq = iou_sum / true_positives if true_positives else 0.0
                 rq = true_positives / (true_positives + errors)
@@ -492,9 +546,16 @@ Returns:
 
     def _reset(self):
         self._num_examples = 0
-        self._image_sizes = []  # (height, width)
-        self._references = []  # (image index, class, iscrowd, RLE of the transposed mask)
-        self._detections = []  # (image index, class, score, RLE of the transposed mask)
+        self._image_sizes = []  # per example: (height, width)
+        self._references = []  # per example: [(class, iscrowd, RLE of the transposed mask), ...]
+        self._detections = []  # per example: [(class, score, RLE of the transposed mask), ...]
+
+    def _state(self) -> dict:
+        return {"image_sizes": self._image_sizes, "references": self._references, "detections": self._detections}
+
+    def _merge(self, states, order):
+        for name in ("image_sizes", "references", "detections"):
+            setattr(self, f"_{name}", [states[number][name][position] for number, position in order])
 
     def _accumulate(self, prediction, reference):
         _check_segments_dict(prediction, "prediction")
@@ -527,21 +588,23 @@ Returns:
             _check_unlisted_predicted_ids(set(np.unique(segmentation).tolist()), dict.fromkeys(segment_ids))
             masks = (segmentation == segment_id for segment_id in segment_ids)
 
-        image_index = len(self._image_sizes)
         detections = []
         for mask, segment in zip(masks, segments_info):
             if "score" not in segment:
                 raise ValueError(f"Each predicted segment needs a 'score' for AP, got {segment}.")
             category = _segment_class(segment, "prediction")
-            detections.append((image_index, category, float(segment["score"]), _encode_transposed(mask)))
-        for segment_id, (category, is_crowd) in reference_segments.items():
-            self._references.append((image_index, category, is_crowd, _encode_transposed(reference_map == segment_id)))
-        self._detections.extend(detections)
+            detections.append((category, float(segment["score"]), _encode_transposed(mask)))
+        references = [
+            (category, is_crowd, _encode_transposed(reference_map == segment_id))
+            for segment_id, (category, is_crowd) in reference_segments.items()
+        ]
+        self._references.append(references)
+        self._detections.append(detections)
         self._image_sizes.append((height, width))
 
     def _compute(self, thing_ids=None) -> dict:
         if thing_ids is None:
-            category_ids = sorted({category for _, category, _, _ in self._references})
+            category_ids = sorted({category for references in self._references for category, _, _ in references})
         else:
             category_ids = sorted({int(category) for category in thing_ids})
         evaluated = set(category_ids)
@@ -557,12 +620,14 @@ Returns:
 
         references = [
             {"image_id": image_index + 1, "category_id": category, "iscrowd": int(is_crowd), "segmentation": rle}
-            for image_index, category, is_crowd, rle in self._references
+            for image_index, image_references in enumerate(self._references)
+            for category, is_crowd, rle in image_references
             if category in evaluated
         ]
         detections = [
             {"image_id": image_index + 1, "category_id": category, "iscrowd": 0, "score": score, "segmentation": rle}
-            for image_index, category, score, rle in self._detections
+            for image_index, image_detections in enumerate(self._detections)
+            for category, score, rle in image_detections
             if category in evaluated
         ]
         for annotation_id, annotation in enumerate(references + detections, start=1):

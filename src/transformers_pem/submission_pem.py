@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 
 from .labels_pem import DATASET_LABELS
-from .utils_pem import require
+from .utils_pem import key_order, require
 
 
 class PredictionExporter:
@@ -61,8 +61,9 @@ class PredictionExporter:
                 category["color"] = list(DATASET_LABELS[label_set][index].color)
             self.categories.append(category)
         self.export_dir.mkdir(parents=True, exist_ok=True)
+        # The JSON records, one entry per added panoptic or instance prediction, written by `close`.
         self.panoptic_annotations, self.images = [], []
-        self.instances: list[dict] | None = None  # a list once an instance prediction was added
+        self.instances: list[list[dict]] = []
 
     def add_semantic(self, image_id: str, segmentation: np.ndarray) -> None:
         folder = self.export_dir / "semantic"
@@ -107,11 +108,12 @@ class PredictionExporter:
 
     def add_instance(self, image_id: str, masks: np.ndarray, segments_info: list[dict]) -> None:
         mask_utils = require("pycocotools.mask", "eval", "Exporting instance predictions (COCO RLE)")
-        self.instances = self.instances if self.instances is not None else []
+        instances = []
+        self.instances.append(instances)
         for mask, segment in zip(masks, segments_info):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
-            self.instances.append(
+            instances.append(
                 {
                     "image_id": image_id,
                     "category_id": self.category_ids[segment["label_id"]],
@@ -119,6 +121,23 @@ class PredictionExporter:
                     "score": float(segment["score"]),
                 }
             )
+
+    def state(self) -> dict:
+        """The JSON records added so far, to combine with other processes' by `merge_states` (the PNGs are
+        written by each process as it goes)."""
+        return {"images": self.images, "annotations": self.panoptic_annotations, "instances": self.instances}
+
+    def merge_states(self, states: Sequence[dict], keys: Sequence[Sequence[int]]) -> None:
+        """Replace the JSON records by those of `states` (one per process; `keys[i]` the dataset indices of the
+        predictions `states[i]` added, in order), in key order: the files `close` writes equal one process's."""
+        order = key_order(keys)
+        for name, attribute in (
+            ("images", "images"),
+            ("annotations", "panoptic_annotations"),
+            ("instances", "instances"),
+        ):
+            if any(states[part][name] for part, _ in order):
+                setattr(self, attribute, [states[part][name][position] for part, position in order])
 
     def close(self) -> None:
         """Write the JSON files."""
@@ -128,9 +147,9 @@ class PredictionExporter:
                     {"images": self.images, "annotations": self.panoptic_annotations, "categories": self.categories},
                     file,
                 )
-        if self.instances is not None:
+        if self.instances:
             with open(self.export_dir / "instances.json", "w") as file:
-                json.dump(self.instances, file)
+                json.dump([instance for instances in self.instances for instance in instances], file)
 
 
 __all__ = ["PredictionExporter"]

@@ -540,15 +540,17 @@ def _plain_batch_norm(model: nn.Module) -> nn.Module:
 def evaluate_during_training(
     accelerator: "accelerate.Accelerator", model: nn.Module, processor: PEMImageProcessor, dataset, task: str
 ) -> dict[str, float]:
-    """mIoU (and PQ for panoptic tasks) on `dataset`, computed on the main process."""
+    """The task's headline metrics on `dataset`, each process evaluating its share (the same result on every
+    process, equal to one process's)."""
     from .evaluation_pem import HEADLINE_METRICS, evaluate_model
 
-    metrics = {}
-    if accelerator.is_main_process:
-        results = evaluate_model(accelerator.unwrap_model(model), processor, dataset, task=task, progress=False)
-        metrics = {k: float(results[k]) for k in HEADLINE_METRICS[task] if k in results}
-    accelerator.wait_for_everyone()
-    return metrics
+    unwrapped = accelerator.unwrap_model(model)
+    if accelerator.num_processes > 1:
+        # BatchNorm running statistics are per process on CPU: evaluate process 0's everywhere, the ones saved.
+        for buffer in unwrapped.buffers():
+            torch.distributed.broadcast(buffer, src=0)
+    results = evaluate_model(unwrapped, processor, dataset, task=task, progress=False)
+    return {k: float(results[k]) for k in HEADLINE_METRICS[task] if k in results}
 
 
 __all__ = ["TrainingConfig", "build_optimizer", "build_scheduler", "train"]

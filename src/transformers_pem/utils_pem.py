@@ -4,6 +4,7 @@ other features come with the package's extras (`pip install "transformers-pem[tr
 import importlib
 import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from types import ModuleType
 
@@ -36,3 +37,14 @@ def check_output_dir(path: str | os.PathLike, argument: str = "output_dir") -> P
             "folder you can write to."
         ) from None
     return path
+
+
+def key_order(keys: Sequence[Sequence[int]]) -> list[tuple[int, int]]:
+    """`(part, position)` of every element of the parts `keys` (e.g. the dataset indices each process evaluated, in
+    its order), sorted by key: the order in which one process would have seen them. Keys must be unique."""
+    order = sorted(
+        (key, part, position) for part, part_keys in enumerate(keys) for position, key in enumerate(part_keys)
+    )
+    if len({key for key, _, _ in order}) != len(order):
+        raise ValueError("The same key occurs twice: each example must come from one process only.")
+    return [(part, position) for _, part, position in order]

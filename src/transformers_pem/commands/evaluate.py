@@ -183,6 +183,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "images_per_second": len(dataset) / seconds,
         "metrics": metrics,
     }
+    from accelerate import PartialState  # installed with evaluation_pem's extra
+
+    # Every process has the results (evaluated over all processes); one reports them.
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        return results
     print(format_results_table(metrics, args.task))
     print(f"\n{len(dataset)} images in {seconds:.1f} s ({len(dataset) / seconds:.2f} images/s)")
     if args.task == "panoptic" and (scales or flip or window):
