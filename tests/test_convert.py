@@ -25,7 +25,7 @@ from safetensors.torch import load_file, save_file
 from tiny_configs import PARITY_HEAD
 from transformers import ResNetBackbone, ResNetConfig, ResNetForImageClassification, TimmBackboneConfig
 
-from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig, conversion_pem
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig, conversion_pem, hub_pem
 from transformers_pem.checkpoint_io_pem import (
     check_state_dict,
     convert_official_state_dict,
@@ -626,7 +626,7 @@ def test_cli_backbone_weights_with_a_preset_and_push_to_hub(tmp_path, monkeypatc
             files = sorted(path.name for path in Path(kwargs["folder_path"]).iterdir())
             calls.append(("upload_folder", kwargs["repo_id"], files))
 
-    monkeypatch.setattr(conversion_pem, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(hub_pem, "HfApi", RecordingHfApi)
     checkpoint = stdc_imagenet_checkpoint([2, 2, 2], base=64)
     torch.save({"state_dict": checkpoint}, tmp_path / "STDCNet813M_73.91.tar")
     output = tmp_path / "out"

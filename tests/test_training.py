@@ -1,5 +1,6 @@
 """scripts/train.py: the official optimiser/schedule, atomic checkpoints, exact resume, two-process training."""
 
+import inspect
 import json
 import math
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 import PIL.Image
 import pytest
 import torch
+from huggingface_hub import HfApi
 from tiny_configs import TINY_DECODER
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
@@ -26,6 +28,7 @@ from transformers_pem.training_pem import (
     build_scheduler,
     latest_checkpoint,
     recompute_batch_norm,
+    train,
 )
 from transformers_pem.visualization_pem import plot_training_curves, read_scalars
 
@@ -369,3 +372,68 @@ def test_curves_of_a_run_that_evaluated(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["plot", str(tmp_path / "nothing")])
     assert exit_info.value.code == 1 and "No scalars.jsonl" in capsys.readouterr().err
+
+
+class RecordingHfApi:
+    """Stands in for `huggingface_hub.HfApi` (offline): checks each call against the real signature, records it."""
+
+    calls: list = []
+
+    def create_repo(self, repo_id, **kwargs):
+        inspect.signature(HfApi.create_repo).bind(self, repo_id, **kwargs)
+        self.calls.append(("create_repo", repo_id, kwargs))
+
+    def upload_folder(self, **kwargs):
+        inspect.signature(HfApi.upload_folder).bind(self, **kwargs)
+        files = sorted(path.name for path in Path(kwargs["folder_path"]).iterdir())
+        self.calls.append(("upload_folder", kwargs["repo_id"], files))
+
+
+def test_push_to_hub_publishes_the_model_with_its_card_and_curves(cityscapes_root, tmp_path, monkeypatch):
+    """`push_to_hub` at the end of training and `pem evaluate --push-to-hub` after an evaluation: the final folder
+    (weights, code files, processor, card with the measured metrics in its model-index, settings, curves) uploaded
+    through huggingface_hub's API; without a token, refused before any work."""
+    from huggingface_hub import ModelCard
+
+    from transformers_pem import hub_pem
+    from transformers_pem.commands.evaluate import main as evaluate_main
+
+    monkeypatch.setattr(hub_pem, "get_token", lambda: None)
+    config = dict(output_dir=tmp_path / "run", data_root=cityscapes_root, preset="pem-stdc1-cityscapes-semantic",
+                  config_overrides=TINY, scale=0.0625, batch_size=2, max_steps=2, eval_every=2, save_every=0,
+                  push_to_hub="someone/pem-tiny")  # fmt: skip
+    with pytest.raises(ValueError, match="needs a Hugging Face token"):
+        train(TrainingConfig(**config))
+    assert not (tmp_path / "run").exists()
+
+    monkeypatch.setattr(hub_pem, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(hub_pem, "HfApi", RecordingHfApi)
+    RecordingHfApi.calls = []
+    state = train(TrainingConfig(**config))
+    final = tmp_path / "run" / "final"
+    assert RecordingHfApi.calls[0] == ("create_repo", "someone/pem-tiny", {"exist_ok": True})
+    kind, repo, files = RecordingHfApi.calls[1]
+    assert kind == "upload_folder" and repo == "someone/pem-tiny"
+    expected = {"README.md", "curves.png", "config.json", "model.safetensors", "preprocessor_config.json",
+                "training_config.json", "modeling_pem.py", "configuration_pem.py"}  # fmt: skip
+    assert expected <= set(files)
+    card = ModelCard.load(final / "README.md")
+    results = {result.metric_type: result for result in card.data.eval_results}
+    assert {name: r.metric_value for name, r in results.items()} == {k: round(v, 2) for k, v in state["eval"].items()}
+    assert {(r.dataset_type, r.dataset_split, r.task_type) for r in results.values()} == {
+        ("cityscapes", "val", "image-segmentation")
+    }
+    assert "![Training curves](curves.png)" in card.text and "| `max_steps` | `2` |" in card.text
+    assert "model-index" in (final / "README.md").read_text()
+
+    RecordingHfApi.calls = []
+    results = evaluate_main([str(final), "--dataset=cityscapes", f"--data-root={cityscapes_root}", "--split=val",
+                             "--task=semantic", "--no-progress", "--push-to-hub=someone/pem-tiny-eval"])  # fmt: skip
+    card = ModelCard.load(final / "README.md")
+    assert {r.metric_type: r.metric_value for r in card.data.eval_results} == {
+        name: round(results["metrics"][name], 2) for name in ("mIoU", "mAcc", "pAcc")
+    }
+    assert [call[:2] for call in RecordingHfApi.calls] == [
+        ("create_repo", "someone/pem-tiny-eval"),
+        ("upload_folder", "someone/pem-tiny-eval"),
+    ]

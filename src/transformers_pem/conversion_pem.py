@@ -23,16 +23,16 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from huggingface_hub import HfApi
 from transformers import ResNetConfig
 
 from .checkpoint_io_pem import load_backbone_weights, load_official_checkpoint
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
+from .hub_pem import DATASET_NAMES, backbone_name, card_data, push_folder, usage_section
 from .image_processing_pem import PEMImageProcessor
 from .labels_pem import DATASET_LABELS, dataset_for
 from .modeling_pem import PEMForUniversalSegmentation
-from .presets_pem import PRESETS, STDC_LAYERS, get_preset
+from .presets_pem import PRESETS, STDC_NAMES, get_preset
 from .utils_pem import check_output_dir, require
 
 yaml = require("yaml", "convert", "Reading the official yaml configs")
@@ -244,7 +244,6 @@ def load_official_config(path: str | Path) -> dict:
 # ---------------------------------------------------------------------------------------------------------------------
 
 _RESNET_DEPTHS = {50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-_STDC_NAMES = {layers: name for name, layers in STDC_LAYERS.items()}
 
 
 @dataclass
@@ -287,7 +286,7 @@ def _backbone_from_official(model: dict) -> tuple[ResNetConfig | STDCConfig, str
             out_features=out_features,
         )
         official = stdc["BLOCK_NUM"] == 4 and stdc["BLOCK_TIPE"] == "cat" and not stdc["USE_CONV_LAST"]
-        return config, _STDC_NAMES.get(tuple(stdc["LAYERS"])) if official else None
+        return config, STDC_NAMES.get(tuple(stdc["LAYERS"])) if official else None
     if name == "build_resnet_backbone":
         resnet = model["RESNETS"]
         unsupported = {
@@ -451,17 +450,6 @@ def resolve_config(config: str | Path) -> ConversionTarget:
 # Output: save_pretrained directory, model card, Hub upload
 # ---------------------------------------------------------------------------------------------------------------------
 
-CITATION = """@inproceedings{cavagnero2024pem,
-  title={PEM: Prototype-based Efficient MaskFormer for Image Segmentation},
-  author={Cavagnero, Niccol{\\`o} and Rosi, Gabriele and Cuttano, Claudia and Pistilli, Francesca and Ciccone, Marco
-          and Averta, Giuseppe and Cermelli, Fabio},
-  booktitle={Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)},
-  pages={15804--15813},
-  year={2024}
-}"""
-
-_DATASET_NAMES = {"cityscapes": "Cityscapes", "ade20k": "ADE20K"}
-
 
 def model_card(
     target: ConversionTarget, model: PEMForUniversalSegmentation, weights: str, trained: bool, repo_id: str
@@ -472,14 +460,10 @@ def model_card(
     weights; `repo_id` is the name used in the usage snippet (Hub repository or local directory)."""
     config = target.config
     dataset = dataset_for(config.id2label)
-    backbone = type(config.backbone_config).__name__.removesuffix("Config")
-    if isinstance(config.backbone_config, STDCConfig):
-        backbone = _STDC_NAMES.get(tuple(config.backbone_config.layers), "stdc").upper()
-    elif isinstance(config.backbone_config, ResNetConfig):
-        backbone = f"ResNet-{3 * sum(config.backbone_config.depths) + 2}"  # bottleneck blocks: 3 convs each
+    backbone = backbone_name(config)
     preset = get_preset(target.preset) if target.preset else None
     task = preset.task if preset else None
-    title = f"PEM-{backbone}" + (f" ({_DATASET_NAMES[dataset]}{f', {task}' if task else ''})" if dataset else "")
+    title = f"PEM-{backbone}" + (f" ({DATASET_NAMES[dataset]}{f', {task}' if task else ''})" if dataset else "")
     if not trained:
         result = "None: only the backbone is pretrained (ImageNet); fine-tune the model before using it."
     elif preset is not None and preset.paper_result is not None:
@@ -488,20 +472,8 @@ def model_card(
         result = f"The paper reports no result for `{target.preset}`."
     else:
         result = "Custom configuration: the paper reports no result for it."
-    post_process = "post_process_panoptic_segmentation" if task == "panoptic" else "post_process_semantic_segmentation"
     num_parameters = model.num_parameters() / 1e6
-    front_matter = "\n".join(
-        [
-            "---",
-            "library_name: transformers",
-            "pipeline_tag: image-segmentation",
-            "tags:",
-            "- pem",
-            "- image-segmentation",
-        ]
-        + ([f"- {dataset}"] if dataset else [])
-        + ["---"]
-    )
+    front_matter = f"---\n{card_data(title, dataset).to_yaml()}\n---"
     return f"""{front_matter}
 
 # {title}
@@ -509,38 +481,14 @@ def model_card(
 PEM (Prototype-based Efficient MaskFormer, Cavagnero et al., CVPR 2024, [arXiv 2402.19422](https://arxiv.org/abs/2402.19422))
 for [transformers](https://github.com/huggingface/transformers) through the `transformers-pem` package: a
 {backbone} backbone, PEM's efficient pixel decoder and a transformer decoder with prototype-based masked
-cross-attention; {config.num_labels} classes{f" ({_DATASET_NAMES[dataset]})" if dataset else ""},
+cross-attention; {config.num_labels} classes{f" ({DATASET_NAMES[dataset]})" if dataset else ""},
 {config.num_queries} queries, {num_parameters:.1f} M parameters.
 
 - **Weights:** {weights}, converted with `python -m transformers_pem.convert` (every key mapped and checked).
 - **Configuration:** {target.source}.
 - **Result:** {result}
 
-## Usage
-
-```python
-import torch
-from PIL import Image
-from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
-
-import transformers_pem  # registers PEM with the Auto classes
-
-processor = AutoImageProcessor.from_pretrained("{repo_id}")
-model = AutoModelForUniversalSegmentation.from_pretrained("{repo_id}").eval()
-
-image = Image.open("image.png").convert("RGB")
-inputs = processor(images=image, return_tensors="pt")
-with torch.no_grad():
-    outputs = model(**inputs)
-result = processor.{post_process}(outputs, target_sizes=[image.size[::-1]])[0]
-```
-
-## Citation
-
-```bibtex
-{CITATION}
-```
-"""
+{usage_section(repo_id, task)}"""
 
 
 def convert(
@@ -573,7 +521,5 @@ def convert(
     card = model_card(target, model, weights, trained=checkpoint is not None, repo_id=push_to_hub or str(output_dir))
     (output_dir / "README.md").write_text(card)
     if push_to_hub:
-        api = HfApi()
-        api.create_repo(push_to_hub, exist_ok=True)
-        api.upload_folder(repo_id=push_to_hub, folder_path=output_dir, commit_message=f"Add {output_dir.name}")
+        push_folder(output_dir, push_to_hub, commit_message=f"Add {output_dir.name}")
     return model

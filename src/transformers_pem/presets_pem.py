@@ -166,6 +166,7 @@ PRESETS: dict[str, PEMPreset] = {
 
 # STDC `layers` (blocks per bottleneck stage) of the two official STDC backbones.
 STDC_LAYERS = {"stdc1": (2, 2, 2), "stdc2": (4, 5, 3)}
+STDC_NAMES = {layers: name for name, layers in STDC_LAYERS.items()}
 
 
 def get_preset(name: str) -> PEMPreset:

@@ -37,6 +37,7 @@ from .augmentation_pem import (
 )
 from .configuration_pem import PEMConfig
 from .datasets_pem import load_ade20k, load_cityscapes, load_segmentation_dataset
+from .hub_pem import check_hub_token, push_folder, trained_model_card
 from .image_processing_pem import PEMImageProcessor
 from .modeling_pem import PEMForUniversalSegmentation
 from .presets_pem import Protocol, check_task, get_preset
@@ -102,6 +103,7 @@ class TrainingConfig:
     eval_every: int = 5000
     resume: str | None = None  # "latest" or a checkpoint folder
     report_to: str | None = None  # accelerate tracker, e.g. "tensorboard"
+    push_to_hub: str | None = None  # Hub repository to upload the final model to, with its card and curves
 
     def __post_init__(self):
         if self.preset is not None:
@@ -320,6 +322,8 @@ def train(config: TrainingConfig) -> dict:
     final model to `<output_dir>/final` (`save_pretrained`, with its processor). Returns the final state."""
     output_dir = check_output_dir(config.output_dir, "output_dir")
     require("matplotlib", "train", "Drawing the training curves")  # at the end: missing, it would fail only then
+    if config.push_to_hub:
+        check_hub_token()
     if config.resume == "latest":
         checkpoints = complete_checkpoints(output_dir) if output_dir.is_dir() else []
     elif config.resume:
@@ -479,10 +483,27 @@ def train(config: TrainingConfig) -> dict:
     final["weights_sha256"] = tensors_digest(unwrapped.state_dict())
     if accelerator.is_main_process:
         unwrapped = _plain_batch_norm(unwrapped)
-        unwrapped.save_pretrained(output_dir / "final", safe_serialization=True)
-        processor.save_pretrained(output_dir / "final")
-        (output_dir / "final" / "training_state.json").write_text(json.dumps(final, indent=1))
+        final_dir = output_dir / "final"
+        unwrapped.save_pretrained(final_dir, safe_serialization=True)
+        processor.save_pretrained(final_dir)
+        (final_dir / "training_state.json").write_text(json.dumps(final, indent=1))
         plot_training_curves(scalars.path, output_dir / CURVES_FILE)
+        # The final folder is what gets published: the model, its card (measured metrics, settings) and curves.
+        shutil.copy(output_dir / CURVES_FILE, final_dir / CURVES_FILE)
+        training = {k: v for k, v in settings.items() if k not in ("output_dir", "data_root", "push_to_hub")}
+        (final_dir / "training_config.json").write_text(json.dumps(training, indent=1, default=str))
+        card = trained_model_card(
+            unwrapped.config,
+            config.push_to_hub or str(final_dir),
+            config.task,
+            metrics=final.get("eval"),
+            split=config.eval_split if final.get("eval") else None,
+            training=training,
+            curves=CURVES_FILE,
+        )
+        card.save(final_dir / "README.md")
+        if config.push_to_hub:
+            push_folder(final_dir, config.push_to_hub, commit_message=f"PEM trained for {step} steps")
     accelerator.end_training()
     return final
 

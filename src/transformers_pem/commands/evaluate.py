@@ -12,11 +12,13 @@ import torch
 
 from ..datasets_pem import load_evaluation_dataset
 from ..evaluation_pem import evaluate_model, format_results_table
+from ..hub_pem import check_hub_token, push_folder, trained_model_card
 from ..image_processing_pem import PEMImageProcessor
 from ..inference_pem import PRECISIONS, official_crop_size, official_tta_settings
 from ..labels_pem import DATASET_LABELS
 from ..modeling_pem import PEMForUniversalSegmentation
 from ..presets_pem import TASKS
+from ..visualization_pem import CURVES_FILE
 from . import add_allocator_argument, apply_allocator_argument
 
 
@@ -61,6 +63,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--stride", type=int, nargs="+", metavar="SIZE", help="sliding-window stride (HEIGHT WIDTH)")
     parser.add_argument("--export-dir", help="write the predictions in the official submission formats")
     parser.add_argument("--output", help="JSON file for the results")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="write the checkpoint's model card (README.md) with these results and upload the checkpoint folder",
+    )
     parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
     parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
     parser.add_argument(
@@ -91,6 +98,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point (see `parse_args`); returns the results written to `--output`."""
     args = parse_args(argv)
     apply_allocator_argument(args)
+    if args.push_to_hub:
+        check_hub_token("--push-to-hub")
+        if args.onnx is not None or not Path(args.checkpoint).is_dir():
+            raise ValueError(
+                "--push-to-hub uploads a local save_pretrained checkpoint folder (not --onnx, not a Hub id)."
+            )
     known_dataset = args.dataset in DATASET_LABELS
     scales, max_size, flip = args.scales, args.max_size, args.flip
     if args.tta:
@@ -196,6 +209,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         with open(args.output, "w") as file:
             json.dump(_json_safe(results), file, indent=2)
+    if args.push_to_hub:
+        checkpoint = Path(args.checkpoint)
+        training = checkpoint / "training_config.json"
+        card = trained_model_card(
+            model.config,
+            args.push_to_hub,
+            args.task,
+            metrics=metrics,
+            split=args.split,
+            training=json.loads(training.read_text()) if training.is_file() else None,
+            curves=CURVES_FILE if (checkpoint / CURVES_FILE).is_file() else None,
+        )
+        card.save(checkpoint / "README.md")
+        push_folder(checkpoint, args.push_to_hub, commit_message=f"Evaluation on {args.dataset} {args.split}")
     return results
 
 

@@ -79,6 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=int)
     run.add_argument("--resume", nargs="?", const="latest", help="resume from the latest checkpoint or a given one")
     run.add_argument("--report-to", help="accelerate tracker, e.g. tensorboard")
+    run.add_argument(
+        "--push-to-hub", metavar="REPO", help="upload the final model, its card (metrics, settings) and curves"
+    )
     add_allocator_argument(run)
     return parser
 
