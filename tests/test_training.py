@@ -348,7 +348,9 @@ def test_finetune_notebook_runs_on_a_custom_folder(tmp_path, monkeypatch):
     assert state["step"] == 4 and 0 <= state["eval"]["mIoU"] <= 100
     model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "run" / "final")
     assert model.config.id2label == {0: "background", 1: "square", 2: "disc"} and model.config.thing_ids == [1, 2]
-    assert any(output.get("output_type") == "execute_result" for output in notebook.cells[-1].outputs)
+    # The last cell: Trainer's evaluation, with the metrics of PEMTrainerMetrics.
+    results = [output for output in notebook.cells[-1].outputs if output.get("output_type") == "execute_result"]
+    assert results and all(f"'eval_{name}'" in results[0]["data"]["text/plain"] for name in ("mIoU", "mAcc", "pAcc"))
 
 
 def test_curves_of_a_run_that_evaluated(tmp_path, capsys):

@@ -57,6 +57,7 @@ _LAZY_ATTRIBUTES = {
     "train": "training_pem",
     "evaluate_model": "evaluation_pem",
     "format_results_table": "evaluation_pem",
+    "PEMTrainerMetrics": "evaluation_pem",
     "PredictionExporter": "submission_pem",
     "MeanIoU": "metrics_pem",
     "PanopticQuality": "metrics_pem",

@@ -91,6 +91,8 @@ class PEMConfig(PreTrainedConfig):
     """
 
     model_type = "pem"
+    # What `Trainer` leaves out of the predictions it hands to `compute_metrics` (see `PEMTrainerMetrics`).
+    keys_to_ignore_at_inference = ["loss_dict", "auxiliary_logits"]
     sub_configs_defaults = {
         "backbone_config": SubConfigSpec(
             config_class=AutoConfig,

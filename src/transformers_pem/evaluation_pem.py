@@ -30,6 +30,7 @@ also report mIoU); instance `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`, `AP-<clas
 import math
 import os
 from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -47,6 +48,8 @@ from .utils_pem import require
 accelerate = require("accelerate", "eval", "Evaluating (one process or several)")
 accelerate_utils = require("accelerate.utils", "eval", "Evaluating (one process or several)")
 
+# Label of pixels that no reference mask covers, in the references `PEMTrainerMetrics` rebuilds.
+IGNORE_INDEX = 255
 # Headline metrics per task, in the order of the paper's tables.
 HEADLINE_METRICS = {
     "semantic": ("mIoU", "mAcc", "pAcc"),
@@ -286,6 +289,70 @@ class _DatasetScores:
         return results
 
 
+class PEMTrainerMetrics:
+    """
+    `compute_metrics` for transformers' `Trainer` with `TrainingArguments(batch_eval_metrics=True)`: every evaluation
+    batch is post-processed and added to the streaming metrics at once, so no prediction or label is kept across
+    batches (with `batch_eval_metrics=False`, `Trainer` would hold every batch's mask logits and `mask_labels`).
+
+    The references are rebuilt from the batch's `mask_labels` / `class_labels` (as `collate_fn` gives them, one mask
+    per class for semantic, per segment for panoptic and instance), so the metrics are those of the processed size;
+    `evaluate_model` scores at the original size, as the paper does. Pixels under no mask (ignored, void, padding)
+    are ignored. Use it with `label_names=["mask_labels", "class_labels"]`, `remove_unused_columns=False` and one
+    process: with several, `Trainer` gathers the batches' variable-size masks, which it cannot; evaluate those
+    runs with `evaluate_model` (exact across processes).
+
+    Args:
+        processor ([`PEMImageProcessor`]): post-processing (its thresholds and `thing_ids`).
+        task: `"semantic"`, `"panoptic"` or `"instance"`.
+        id2label: the model's classes.
+    """
+
+    def __init__(self, processor, task: str, id2label: Mapping[int, str]):
+        check_task(task)
+        self.processor, self.task = processor, task
+        self.id2label = {int(i): str(name) for i, name in id2label.items()}
+        thing_ids = processor.thing_ids if processor.thing_ids is not None else list(self.id2label)
+        self.scores = _DatasetScores(task, self.id2label, thing_ids, IGNORE_INDEX, None)
+
+    def __call__(self, prediction, compute_result: bool = False) -> dict[str, float] | None:
+        class_logits, mask_logits = (torch.as_tensor(logits) for logits in prediction.predictions[:2])
+        mask_labels, class_labels = prediction.label_ids
+        outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
+        size = tuple(mask_labels[0].shape[-2:])  # the padded batch size; padding is under no mask
+        sizes = [size] * len(mask_labels)
+        semantic = segments = None
+        if self.task != "instance":
+            semantic = self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
+        if self.task == "panoptic":
+            segments = self.processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
+        elif self.task == "instance":
+            segments = self.processor.post_process_instance_segmentation(outputs, target_sizes=sizes)
+        for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
+            masks, classes = masks.detach().cpu() > 0.5, classes.detach().cpu()
+            item = {"index": len(self.scores.indices), "image_id": str(len(self.scores.indices))}
+            if self.task != "semantic":
+                ids = torch.zeros(size, dtype=torch.int64)
+                for number, mask in enumerate(masks, start=1):
+                    ids[mask] = number
+                infos = [{"id": n, "category_id": int(c), "iscrowd": 0} for n, c in enumerate(classes.tolist(), 1)]
+                item["segments"] = {"segmentation": ids.numpy(), "segments_info": infos}
+            if self.task != "instance":
+                reference = torch.full(size, IGNORE_INDEX, dtype=torch.int64)
+                for mask, label in zip(masks, classes.tolist()):
+                    reference[mask] = label
+                item["semantic"] = reference.numpy()
+            result = {"semantic": semantic[index]} if semantic is not None else {}
+            if segments is not None:
+                result[self.task] = segments[index]
+            self.scores.add(item, result)
+        if not compute_result:
+            return None
+        results = self.scores.compute()
+        self.scores = _DatasetScores(self.task, self.id2label, self.scores.thing_ids, IGNORE_INDEX, None)
+        return {name: results[name] for name in HEADLINE_METRICS[self.task] if name in results}
+
+
 def format_results_table(results: Mapping[str, float], task: str, per_class: bool = True) -> str:
     """
     The metrics of [`evaluate_model`] as markdown: a row of the paper's headline metrics (one decimal) and, with
@@ -320,4 +387,4 @@ def format_results_table(results: Mapping[str, float], task: str, per_class: boo
     return "\n".join(lines)
 
 
-__all__ = ["HEADLINE_METRICS", "evaluate_model", "format_results_table"]
+__all__ = ["HEADLINE_METRICS", "PEMTrainerMetrics", "evaluate_model", "format_results_table"]

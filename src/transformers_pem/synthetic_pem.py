@@ -164,11 +164,13 @@ def _car(canvas: _Canvas, bottom: float, cx: float, width: float, label: int) ->
 
 def _person(canvas: _Canvas, bottom: float, cx: float, height: float, label: int) -> None:
     rng = canvas.rng
-    width = height * rng.uniform(0.3, 0.38)
-    head = canvas.ellipse(bottom - 0.89 * height, cx, 0.11 * height, 0.09 * height)
+    # Stocky figures: at the demo's 128x256, legs of realistic width would be one or two mask pixels wide (masks have a
+    # quarter of the resolution), which a short training cannot segment and which made the person PQ erratic.
+    width = height * rng.uniform(0.4, 0.48)
+    head = canvas.ellipse(bottom - 0.89 * height, cx, 0.11 * height, 0.1 * height)
     torso = canvas.rectangle(bottom - 0.78 * height, bottom - 0.42 * height, cx - width / 2, cx + width / 2)
-    legs = canvas.rectangle(bottom - 0.42 * height, bottom, cx - 0.4 * width, cx - 0.05 * width) | canvas.rectangle(
-        bottom - 0.42 * height, bottom, cx + 0.05 * width, cx + 0.4 * width
+    legs = canvas.rectangle(bottom - 0.42 * height, bottom, cx - 0.45 * width, cx - 0.03 * width) | canvas.rectangle(
+        bottom - 0.42 * height, bottom, cx + 0.03 * width, cx + 0.45 * width
     )
     shirt = np.asarray(_SHIRT_COLOURS[rng.integers(len(_SHIRT_COLOURS))], np.float32) + rng.uniform(-15, 15, 3)
     trousers = np.asarray((40, 40, 60), np.float32) + rng.uniform(-10, 10, 3)
@@ -257,14 +259,14 @@ def _street_scene(canvas: _Canvas, labels: dict[str, int], crowd: bool, ego_vehi
     background = (canvas.label.copy(), canvas.thing.copy(), canvas.image.copy())
 
     things = []
-    # Things start at a fifth (cars) or a third (persons) of the way from the horizon: farther ones would be a few
+    # Things start at a fifth (cars) or 40 % (persons) of the way from the horizon: farther ones would be a few
     # pixels wide at the demo's 128x256, below what masks at a quarter of the resolution can separate.
     for _ in range(int(rng.integers(2, 6))):
         t = rng.uniform(0.2, 1.0)
         bottom = horizon + t * (height - horizon)
         things.append((bottom, "car", vanish + rng.uniform(-0.75, 0.75) * road_half_width(t), t))
     for _ in range(int(rng.integers(1, 5))):
-        t = rng.uniform(0.3, 1.0)
+        t = rng.uniform(0.4, 1.0)
         side = rng.choice((-1, 1))
         cx = vanish + side * (road_half_width(t) + rng.uniform(0.15, 0.85) * pavement_width(t))
         things.append((horizon + t * (height - horizon), "person", cx, t))
