@@ -320,6 +320,26 @@ def test_mask_label_dtypes_give_identical_losses(criterion_fixture):
     torch.testing.assert_close(results[2], results[0], rtol=0, atol=0)
 
 
+def test_target_masks_sampled_a_chunk_at_a_time_give_identical_losses(criterion_fixture, monkeypatch):
+    """Bool targets converted to float one mask at a time (as for images with hundreds of instances) give the losses
+    and gradients of all masks at once, bit for bit."""
+    from transformers_pem import loss_pem
+
+    inputs, _, meta = criterion_fixture
+    criterion = fixture_criterion(meta)
+    results = []
+    for chunk in (10**9, 1):
+        monkeypatch.setattr(loss_pem, "TARGET_MASK_CHUNK", chunk)
+        masks, logits, mask_labels, class_labels, auxiliary = fixture_arguments(inputs, mask_dtype=torch.bool)
+        masks.requires_grad_(True)
+        torch.manual_seed(1234)
+        losses = criterion(masks, logits, mask_labels, class_labels, auxiliary)
+        criterion.weighted_sum(losses).backward()
+        results.append((torch.stack(list(losses.values())), masks.grad.clone()))
+    assert torch.equal(results[0][0], results[1][0]) and torch.equal(results[0][1], results[1][1])
+    assert loss_pem.sample_target_masks(torch.zeros(0, 4, 4, dtype=torch.bool), torch.rand(1, 5, 2)).shape == (0, 5)
+
+
 def test_autocast_computes_in_float32(criterion_fixture):
     inputs, _, meta = criterion_fixture
     criterion = fixture_criterion(meta)

@@ -407,7 +407,7 @@ class PEMSegmentationTransform:
                 from the global torch RNG.
 
         Returns:
-            `pixel_values` `(3, H, W)` float, `pixel_mask` `(H, W)` int64, `mask_labels` `(num_masks, H, W)` float,
+            `pixel_values` `(3, H, W)` float, `pixel_mask` `(H, W)` int64, `mask_labels` `(num_masks, H, W)` bool,
             `class_labels` `(num_masks,)` int64.
         """
         image, target = example["image"], example[self.task]
@@ -456,7 +456,9 @@ class PEMSegmentationTransform:
         return {
             "pixel_values": inputs["pixel_values"][0],
             "pixel_mask": inputs["pixel_mask"][0],
-            "mask_labels": inputs["mask_labels"][0],
+            # bool: a quarter of float32's memory, which matters for images with hundreds of instances (the loss
+            # converts a few masks at a time where it samples them).
+            "mask_labels": inputs["mask_labels"][0].bool(),
             "class_labels": inputs["class_labels"][0],
         }
 

@@ -34,6 +34,27 @@ def sample_point(features: Tensor, point_coordinates: Tensor) -> Tensor:
     return sampled.squeeze(3)
 
 
+# Target masks converted to float at a time when their points are sampled: images with hundreds of instances keep
+# their masks as bool, and only this many become float maps at once.
+TARGET_MASK_CHUNK = 32
+
+
+def sample_target_masks(masks: Tensor, point_coordinates: Tensor) -> Tensor:
+    """`(num_masks, num_points)` values of `(num_masks, height, width)` target masks (bool, integer or float) at
+    `(num_masks, num_points, 2)` points (or `(1, num_points, 2)` for all), bilinearly as `sample_point`, converting
+    `TARGET_MASK_CHUNK` masks to float32 at a time (each mask is sampled on its own, so chunking changes nothing)."""
+    points = point_coordinates.float().expand(len(masks), -1, -1)
+    return torch.cat(
+        [
+            sample_point(
+                masks[start : start + TARGET_MASK_CHUNK, None].float(), points[start : start + TARGET_MASK_CHUNK]
+            )[:, 0]
+            for start in range(0, len(masks), TARGET_MASK_CHUNK)
+        ]
+        or [points.new_zeros(0, points.shape[1])]
+    )
+
+
 def sample_uncertain_points(
     mask_logits: Tensor, num_points: int, oversample_ratio: float, importance_sample_ratio: float
 ) -> Tensor:
@@ -206,10 +227,9 @@ class PEMHungarianMatcher(nn.Module):
             cost_class = -probabilities[:, class_labels]
 
             pred_masks = masks_queries_logits.float()[:, None]  # (num_queries, 1, height, width)
-            target_masks = mask_labels.to(pred_masks)[:, None]  # (num_targets, 1, target_height, target_width)
             points = point_coordinates.to(pred_masks)
             # (num_targets, num_points) and (num_queries, num_points)
-            target_points = sample_point(target_masks, points.expand(target_masks.shape[0], -1, -1))[:, 0]
+            target_points = sample_target_masks(mask_labels.to(pred_masks.device), points)
             pred_points = sample_point(pred_masks, points.expand(pred_masks.shape[0], -1, -1))[:, 0]
 
             cost_mask = pair_wise_sigmoid_cross_entropy_loss(pred_points, target_points)
@@ -362,20 +382,19 @@ class PEMLoss(nn.Module):
         target_masks = torch.cat(
             [
                 F.pad(
-                    masks[target.to(masks.device)].to(device=pred_masks.device, dtype=torch.float32),
+                    masks[target.to(masks.device)].to(device=pred_masks.device),
                     (0, max_width - masks.shape[-1], 0, max_height - masks.shape[-2]),
                 )
                 for masks, (_, target) in zip(mask_labels, indices)
             ]
-        )  # (num_matched, max_height, max_width)
+        )  # (num_matched, max_height, max_width), in the targets' dtype
 
         pred_masks = pred_masks[:, None]
-        target_masks = target_masks[:, None]
         with torch.no_grad():
             point_coordinates = sample_uncertain_points(
                 pred_masks, self.train_num_points, self.oversample_ratio, self.importance_sample_ratio
             )
-            point_labels = sample_point(target_masks, point_coordinates)[:, 0]
+            point_labels = sample_target_masks(target_masks, point_coordinates)
         point_logits = sample_point(pred_masks, point_coordinates)[:, 0]  # (num_matched, num_points)
         return {
             "loss_mask": sigmoid_cross_entropy_loss(point_logits, point_labels, num_masks),
