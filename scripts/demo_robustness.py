@@ -4,6 +4,7 @@ A change of float order (another CPU, another thread count) changes a training r
 another seed does, so seeds stand in for other machines. Each run writes its own folder under `--output-dir`;
 the table of all runs, min–max per metric and the spread go to `robustness.md` and `robustness.json` there. Runs
 with one thread can share the cores (`--jobs 2` on 2 cores): that changes how long they take, not their results.
+A run whose folder already holds its `demo_summary.json` is not repeated (delete the folder to rerun it).
 
     python scripts/demo_robustness.py --threads 1 2 --seeds 0 1 2 --jobs 2
 """
@@ -23,6 +24,8 @@ MAX_SPREAD = 3.0
 
 
 def run_demo(output_dir: Path, threads: int, seed: int) -> dict:
+    if (output_dir / "demo_summary.json").is_file():  # finished in an earlier, interrupted check
+        return json.loads((output_dir / "demo_summary.json").read_text())
     command = [
         sys.executable,
         "scripts/demo.py",
