@@ -265,7 +265,8 @@ def _street_scene(canvas: _Canvas, labels: dict[str, int], crowd: bool, ego_vehi
         t = rng.uniform(0.2, 1.0)
         bottom = horizon + t * (height - horizon)
         things.append((bottom, "car", vanish + rng.uniform(-0.75, 0.75) * road_half_width(t), t))
-    for _ in range(int(rng.integers(1, 5))):
+    # Two to five persons: with fewer, a short training saw too few of them to segment persons alike across seeds.
+    for _ in range(int(rng.integers(2, 6))):
         t = rng.uniform(0.4, 1.0)
         side = rng.choice((-1, 1))
         cx = vanish + side * (road_half_width(t) + rng.uniform(0.15, 0.85) * pavement_width(t))
