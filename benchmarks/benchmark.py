@@ -1317,6 +1317,16 @@ def format_markdown(results: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------------------------------
 
 
+def write_report(output_dir: Path | None, name: str, results: Any, markdown: str) -> None:
+    """Print a benchmark's markdown report and, with an output folder, write it with the JSON results there
+    (`<name>.md`, `<name>.json`)."""
+    print(markdown)
+    if output_dir is not None:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+        (output_dir / f"{name}.md").write_text(markdown)
+
+
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python scripts/benchmark.py",
@@ -1383,12 +1393,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         threads=args.threads,
         seed=args.seed,
     )
-    markdown = format_markdown(results)
-    print(markdown)
-    if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "benchmark.json").write_text(json.dumps(results, indent=2) + "\n")
-        (args.output_dir / "benchmark.md").write_text(markdown)
+    write_report(args.output_dir, "benchmark", results, format_markdown(results))
     return results
 
 

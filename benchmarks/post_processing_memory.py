@@ -11,7 +11,6 @@ size during the call (`VmHWM`, reset right before it) minus the resident set bef
 """
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import _PeakMemory, _reset_peak_rss, confident_outputs  # noqa: E402
+from benchmark import _PeakMemory, _reset_peak_rss, confident_outputs, write_report  # noqa: E402
 
 from transformers_pem import PEMImageProcessor  # noqa: E402
 from transformers_pem.configuration_pem import MASK_STRIDE  # noqa: E402
@@ -97,12 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     lines += [
         f"| {r['outputs']} | {r['task']} | {r['increase_mb']} | {r['over_semantic']} | {r['seconds']} |" for r in rows
     ]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "post_processing_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (args.output_dir / "post_processing_memory.md").write_text(report)
+    write_report(args.output_dir, "post_processing_memory", rows, "\n".join(lines) + "\n")
     return rows
 
 

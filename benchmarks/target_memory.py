@@ -8,7 +8,6 @@ converted to float all at once in the loss.
 """
 
 import argparse
-import json
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -19,7 +18,7 @@ import PIL.Image
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import _PeakMemory  # noqa: E402
+from benchmark import _PeakMemory, write_report  # noqa: E402
 
 from transformers_pem import (  # noqa: E402
     PEMConfig,
@@ -113,12 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for kind in dict.fromkeys(row["target_masks"] for row in rows):
         data, loss = (next(r for r in rows if r["target_masks"] == kind and r["part"] == p) for p in ("data", "loss"))
         lines.append(f"| {kind} | {data['increase_mb']} | {loss['increase_mb']} |")
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if args.output_dir is not None:
-        args.output_dir.mkdir(parents=True, exist_ok=True)
-        (args.output_dir / "target_memory.json").write_text(json.dumps(rows, indent=1) + "\n")
-        (args.output_dir / "target_memory.md").write_text(report)
+    write_report(args.output_dir, "target_memory", rows, "\n".join(lines) + "\n")
     return rows
 
 

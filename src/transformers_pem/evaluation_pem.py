@@ -222,18 +222,20 @@ class _DatasetScores:
         self.segments_metric = {"panoptic": PanopticQuality(), "instance": MaskAP()}.get(task)
         self.indices = []  # dataset index of every added example, in order
 
+    def _parts(self) -> dict:
+        """The stateful parts of this evaluation (metrics, exporter), by name."""
+        parts = {"semantic": self.semantic_metric, "segments": self.segments_metric, "exporter": self.exporter}
+        return {name: part for name, part in parts.items() if part is not None}
+
     def state(self) -> dict:
         """The statistics of the examples added here (one process's share)."""
-        parts = {"semantic": self.semantic_metric, "segments": self.segments_metric, "exporter": self.exporter}
-        return {"indices": self.indices, **{name: part.state() for name, part in parts.items() if part is not None}}
+        return {"indices": self.indices, **{name: part.state() for name, part in self._parts().items()}}
 
     def merge_states(self, states: list[dict]) -> None:
         """Combine every process's `state()` in dataset order: the same statistics as one process adding all."""
         keys = [state["indices"] for state in states]
-        parts = {"semantic": self.semantic_metric, "segments": self.segments_metric, "exporter": self.exporter}
-        for name, part in parts.items():
-            if part is not None:
-                part.merge_states([state[name] for state in states], keys)
+        for name, part in self._parts().items():
+            part.merge_states([state[name] for state in states], keys)
         self.indices = sorted(index for part_keys in keys for index in part_keys)
 
     def add(self, item: dict, prediction: dict) -> None:
@@ -312,8 +314,11 @@ class PEMTrainerMetrics:
         check_task(task)
         self.processor, self.task = processor, task
         self.id2label = {int(i): str(name) for i, name in id2label.items()}
-        thing_ids = processor.thing_ids if processor.thing_ids is not None else list(self.id2label)
-        self.scores = _DatasetScores(task, self.id2label, thing_ids, IGNORE_INDEX, None)
+        self.thing_ids = processor.thing_ids if processor.thing_ids is not None else list(self.id2label)
+        self.scores = self._new_scores()
+
+    def _new_scores(self) -> _DatasetScores:
+        return _DatasetScores(self.task, self.id2label, self.thing_ids, IGNORE_INDEX, None)
 
     def __call__(self, prediction, compute_result: bool = False) -> dict[str, float] | None:
         class_logits, mask_logits = (torch.as_tensor(logits) for logits in prediction.predictions[:2])
@@ -349,7 +354,7 @@ class PEMTrainerMetrics:
         if not compute_result:
             return None
         results = self.scores.compute()
-        self.scores = _DatasetScores(self.task, self.id2label, self.scores.thing_ids, IGNORE_INDEX, None)
+        self.scores = self._new_scores()
         return {name: results[name] for name in HEADLINE_METRICS[self.task] if name in results}
 
 
