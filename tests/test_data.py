@@ -513,6 +513,9 @@ def test_transform_targets_without_augmentation(cityscapes_root, ade20k_root):
     assert inputs["class_labels"].tolist() == expected_classes
     assert torch.equal(inputs["mask_labels"].bool(), train_ids[None] == torch.tensor(expected_classes)[:, None, None])
     assert inputs["pixel_values"].shape == (3, 64, 128) and inputs["pixel_mask"].all()
+    # label_map: the same target as one map, class * LABEL_DIVISOR, ignored pixels -1.
+    expected_map = torch.where(train_ids == 255, -1, train_ids * LABEL_DIVISOR).int()
+    assert inputs["label_map"].dtype == torch.int32 and torch.equal(inputs["label_map"], expected_map)
 
     example = load_cityscapes(cityscapes_root, split="train", task="panoptic", panoptic_source="instance_ids")[0]
     inputs = PEMSegmentationTransform(processor, task="panoptic")(example)
@@ -524,6 +527,12 @@ def test_transform_targets_without_augmentation(cityscapes_root, ade20k_root):
             expected[CS_LABEL_TO_TRAIN[label_id], (instance_ids == value).tobytes()] = True
     ours = {(int(c), m.numpy().astype(bool).tobytes()) for c, m in zip(inputs["class_labels"], inputs["mask_labels"])}
     assert ours == set(expected)
+    # Each mask is one label_map value of its class, distinct per mask; pixels under no mask (void, crowd) are -1.
+    label_map = inputs["label_map"]
+    assert torch.equal(label_map == -1, ~inputs["mask_labels"].any(0))
+    values = [label_map[mask].unique() for mask in inputs["mask_labels"]]
+    assert all(len(v) == 1 for v in values) and len({int(v) for v in values}) == len(values)
+    assert [int(v) // LABEL_DIVISOR for v in values] == inputs["class_labels"].tolist()
 
     # ADE20K semantic maps are reduced by the preset processor's do_reduce_labels (0 = "other" is ignored).
     example = load_ade20k(ade20k_root, split="train", task="semantic")[0]
@@ -573,3 +582,6 @@ def test_seeded_dataset_and_collate(cityscapes_root):
     assert batch["pixel_mask"][0, :16, :40].all() and not batch["pixel_mask"][0, 16:].any()
     assert not batch["pixel_mask"][0, :, 40:].any() and batch["mask_labels"][0].shape[1:] == (32, 64)
     assert not batch["mask_labels"][0][:, 16:].any()
+    assert batch["label_maps"].shape == (2, 32, 64) and torch.equal(batch["label_maps"][1], first[1]["label_map"])
+    assert torch.equal(batch["label_maps"][0, :16, :40], small["label_map"])
+    assert (batch["label_maps"][0, 16:] == -1).all() and (batch["label_maps"][0, :, 40:] == -1).all()

@@ -2,6 +2,7 @@
 through `PEMTrainerMetrics` with `batch_eval_metrics=True` (streaming: nothing kept across batches)."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -42,10 +43,11 @@ def test_trainer_fine_tunes_and_evaluates(data_root, tmp_path, task):
         load_cityscapes(data_root, split="train", task=task), PEMSegmentationTransform(processor, task, augmentation)
     )
     validation = load_cityscapes(data_root, split="val", task=task)
+    assert len(validation) % 2 == 1  # a short last batch, which Trainer truncates (see PEMTrainerMetrics)
     eval_set = AugmentedSegmentationDataset(validation, PEMSegmentationTransform(processor, task))
     arguments = TrainingArguments(
         output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=2, per_device_eval_batch_size=2,
-        learning_rate=1e-3, remove_unused_columns=False, label_names=["mask_labels", "class_labels"],
+        learning_rate=1e-3, remove_unused_columns=False, label_names=["label_maps"],
         batch_eval_metrics=True, eval_strategy="no", save_strategy="no", report_to=[], use_cpu=True,
         logging_steps=1, dataloader_num_workers=0, seed=0,
     )  # fmt: skip
@@ -78,3 +80,15 @@ def test_trainer_fine_tunes_and_evaluates(data_root, tmp_path, task):
     else:
         values = [metrics[f"eval_{name}"] for name in headline if not math.isnan(metrics[f"eval_{name}"])]
         assert values and all(0.0 <= value <= 100.0 for value in values)
+
+
+def test_trainer_metrics_asks_for_label_maps():
+    config = PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", **TINY_STDC, **TINY_DECODER)
+    processor = PEMImageProcessor.from_preset("pem-stdc1-cityscapes-semantic", model_config=config)
+    metrics = PEMTrainerMetrics(processor, "semantic", config.id2label)
+    prediction = SimpleNamespace(
+        predictions=(torch.zeros(1, 4, 20), torch.zeros(1, 4, 8, 8)),
+        label_ids=([torch.zeros(2, 8, 8)], [torch.tensor([0, 1])]),  # label_names=["mask_labels", "class_labels"]
+    )
+    with pytest.raises(ValueError, match=r"label_names=\['label_maps'\]"):
+        metrics(prediction, compute_result=True)

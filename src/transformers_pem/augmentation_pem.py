@@ -408,7 +408,9 @@ class PEMSegmentationTransform:
 
         Returns:
             `pixel_values` `(3, H, W)` float, `pixel_mask` `(H, W)` int64, `mask_labels` `(num_masks, H, W)` bool,
-            `class_labels` `(num_masks,)` int64.
+            `class_labels` `(num_masks,)` int64, and `label_map` `(H, W)` int32: the same target as one map
+            `class_id * LABEL_DIVISOR + instance` (instance 0 for semantic), -1 on void, crowd, ignored and
+            padding pixels: what [`PEMTrainerMetrics`] scores against.
         """
         image, target = example["image"], example[self.task]
         where = f"example {example['image_id']!r}" if "image_id" in example else "the example"
@@ -453,6 +455,14 @@ class PEMSegmentationTransform:
             ignore_index=self.ignore_index,
             return_tensors="pt",
         )
+        # Void, crowd and ignored pixels are under no mask in mask_labels: -1 in label_map.
+        label_map = labels.masked_fill(classes == self.ignore_index, -1)
+        if self.task != "semantic":
+            label_map = label_map.masked_fill(~keep, -1)
+        height, width = inputs["pixel_values"].shape[-2:]
+        label_map = torch.nn.functional.pad(
+            label_map, (0, width - labels.shape[-1], 0, height - labels.shape[-2]), value=-1
+        )
         return {
             "pixel_values": inputs["pixel_values"][0],
             "pixel_mask": inputs["pixel_mask"][0],
@@ -460,6 +470,7 @@ class PEMSegmentationTransform:
             # converts a few masks at a time where it samples them).
             "mask_labels": inputs["mask_labels"][0].bool(),
             "class_labels": inputs["class_labels"][0],
+            "label_map": label_map.int(),
         }
 
 
@@ -518,22 +529,35 @@ def collate_fn(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]
     """
     Batch transformed examples: `pixel_values` `(B, 3, H, W)` and `pixel_mask` `(B, H, W)` stacked (padded bottom and
     right with 0 to the largest size when sizes differ), `mask_labels` and `class_labels` kept as lists (images have
-    different numbers of masks), masks padded like the images.
+    different numbers of masks), masks padded like the images; with the examples' `label_map`s, `label_maps`
+    `(B, H, W)` stacked, padded with -1. The model ignores `label_maps`; `Trainer` can gather them
+    (batch-first tensors, unlike the lists) for [`PEMTrainerMetrics`].
     """
     if not examples:
         raise ValueError("Cannot collate an empty list of examples.")
     height = max(example["pixel_values"].shape[-2] for example in examples)
     width = max(example["pixel_values"].shape[-1] for example in examples)
 
-    def pad(tensor: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]))
+    def padding(tensor: torch.Tensor) -> tuple[int, int, int, int]:
+        return 0, width - tensor.shape[-1], 0, height - tensor.shape[-2]
 
-    return {
+    def pad(tensor: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pad(tensor, padding(tensor))
+
+    batch = {
         "pixel_values": torch.stack([pad(example["pixel_values"]) for example in examples]),
         "pixel_mask": torch.stack([pad(example["pixel_mask"]) for example in examples]),
         "mask_labels": [pad(example["mask_labels"]) for example in examples],
         "class_labels": [example["class_labels"] for example in examples],
     }
+    if all("label_map" in example for example in examples):
+        batch["label_maps"] = torch.stack(
+            [
+                torch.nn.functional.pad(example["label_map"], padding(example["label_map"]), value=-1)
+                for example in examples
+            ]
+        )
+    return batch
 
 
 __all__ = [

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .augmentation_pem import LABEL_DIVISOR
 from .datasets_pem import panoptic_reference, semantic_reference
 from .inference_pem import Predictor, eval_mode
 from .labels_pem import dataset_for
@@ -48,7 +49,7 @@ from .utils_pem import require
 accelerate = require("accelerate", "eval", "Evaluating (one process or several)")
 accelerate_utils = require("accelerate.utils", "eval", "Evaluating (one process or several)")
 
-# Label of pixels that no reference mask covers, in the references `PEMTrainerMetrics` rebuilds.
+# Label of void pixels in the semantic references `PEMTrainerMetrics` builds from `label_maps`.
 IGNORE_INDEX = 255
 # Headline metrics per task, in the order of the paper's tables.
 HEADLINE_METRICS = {
@@ -297,12 +298,13 @@ class PEMTrainerMetrics:
     batch is post-processed and added to the streaming metrics at once, so no prediction or label is kept across
     batches (with `batch_eval_metrics=False`, `Trainer` would hold every batch's mask logits and `mask_labels`).
 
-    The references are rebuilt from the batch's `mask_labels` / `class_labels` (as `collate_fn` gives them, one mask
-    per class for semantic, per segment for panoptic and instance), so the metrics are those of the processed size;
-    `evaluate_model` scores at the original size, as the paper does. Pixels under no mask (ignored, void, padding)
-    are ignored. Use it with `label_names=["mask_labels", "class_labels"]`, `remove_unused_columns=False` and one
-    process: with several, `Trainer` gathers the batches' variable-size masks, which it cannot; evaluate those
-    runs with `evaluate_model` (exact across processes).
+    The references are the batch's `label_maps` (from `collate_fn`: the targets of `mask_labels` / `class_labels`
+    as one map per image), so the metrics are those of the processed size; `evaluate_model` scores at the original
+    size, as the paper does. Void, crowd, ignored and padding pixels are ignored. Use it with
+    `label_names=["label_maps"]` (the model computes its loss from `mask_labels` all the same; `Trainer` would cut
+    the per-image lists of masks on a last, short batch, see transformers PR #43395),
+    `remove_unused_columns=False` and one process: with several, `Trainer` gathers batches of different padded
+    sizes, which it cannot; evaluate those runs with `evaluate_model` (exact across processes).
 
     Args:
         processor ([`PEMImageProcessor`]): post-processing (its thresholds and `thing_ids`).
@@ -322,10 +324,15 @@ class PEMTrainerMetrics:
 
     def __call__(self, prediction, compute_result: bool = False) -> dict[str, float] | None:
         class_logits, mask_logits = (torch.as_tensor(logits) for logits in prediction.predictions[:2])
-        mask_labels, class_labels = prediction.label_ids
+        label_maps = prediction.label_ids
+        if isinstance(label_maps, (tuple, list)) or label_maps.ndim != 3:
+            raise ValueError(
+                "PEMTrainerMetrics scores against the batch's `label_maps` (from `collate_fn`): set "
+                "`TrainingArguments(label_names=['label_maps'])`. (`Trainer` truncates list-valued labels such as "
+                "`mask_labels` on the last batch, so they cannot be scored.)"
+            )
         outputs = SimpleNamespace(class_queries_logits=class_logits, masks_queries_logits=mask_logits)
-        size = tuple(mask_labels[0].shape[-2:])  # the padded batch size; padding is under no mask
-        sizes = [size] * len(mask_labels)
+        sizes = [tuple(label_maps.shape[-2:])] * len(label_maps)  # the padded batch size; padding is void
         semantic = segments = None
         if self.task != "instance":
             semantic = self.processor.post_process_semantic_segmentation(outputs, target_sizes=sizes)
@@ -333,20 +340,23 @@ class PEMTrainerMetrics:
             segments = self.processor.post_process_panoptic_segmentation(outputs, target_sizes=sizes)
         elif self.task == "instance":
             segments = self.processor.post_process_instance_segmentation(outputs, target_sizes=sizes)
-        for index, (masks, classes) in enumerate(zip(mask_labels, class_labels)):
-            masks, classes = masks.detach().cpu() > 0.5, classes.detach().cpu()
+        for index, label_map in enumerate(torch.as_tensor(label_maps).detach().cpu().long()):
+            void = label_map < 0
             item = {"index": len(self.scores.indices), "image_id": str(len(self.scores.indices))}
             if self.task != "semantic":
-                ids = torch.zeros(size, dtype=torch.int64)
-                for number, mask in enumerate(masks, start=1):
-                    ids[mask] = number
-                infos = [{"id": n, "category_id": int(c), "iscrowd": 0} for n, c in enumerate(classes.tolist(), 1)]
+                # One segment per distinct class * LABEL_DIVISOR + instance value, numbered from 1; void is 0.
+                values, ids = torch.unique(label_map.masked_fill(void, -1), return_inverse=True)
+                if void.any():
+                    values = values[1:]  # -1, the smallest, is first
+                else:
+                    ids = ids + 1
+                infos = [
+                    {"id": n, "category_id": int(v) // LABEL_DIVISOR, "iscrowd": 0}
+                    for n, v in enumerate(values.tolist(), start=1)
+                ]
                 item["segments"] = {"segmentation": ids.numpy(), "segments_info": infos}
             if self.task != "instance":
-                reference = torch.full(size, IGNORE_INDEX, dtype=torch.int64)
-                for mask, label in zip(masks, classes.tolist()):
-                    reference[mask] = label
-                item["semantic"] = reference.numpy()
+                item["semantic"] = (label_map // LABEL_DIVISOR).masked_fill(void, IGNORE_INDEX).numpy()
             result = {"semantic": semantic[index]} if semantic is not None else {}
             if segments is not None:
                 result[self.task] = segments[index]
