@@ -538,11 +538,10 @@ def collate_fn(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]
     height = max(example["pixel_values"].shape[-2] for example in examples)
     width = max(example["pixel_values"].shape[-1] for example in examples)
 
-    def padding(tensor: torch.Tensor) -> tuple[int, int, int, int]:
-        return 0, width - tensor.shape[-1], 0, height - tensor.shape[-2]
-
-    def pad(tensor: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.pad(tensor, padding(tensor))
+    def pad(tensor: torch.Tensor, value: int = 0) -> torch.Tensor:
+        return torch.nn.functional.pad(
+            tensor, (0, width - tensor.shape[-1], 0, height - tensor.shape[-2]), value=value
+        )
 
     batch = {
         "pixel_values": torch.stack([pad(example["pixel_values"]) for example in examples]),
@@ -551,12 +550,7 @@ def collate_fn(examples: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, Any]
         "class_labels": [example["class_labels"] for example in examples],
     }
     if all("label_map" in example for example in examples):
-        batch["label_maps"] = torch.stack(
-            [
-                torch.nn.functional.pad(example["label_map"], padding(example["label_map"]), value=-1)
-                for example in examples
-            ]
-        )
+        batch["label_maps"] = torch.stack([pad(example["label_map"], value=-1) for example in examples])
     return batch
 
 

@@ -345,7 +345,7 @@ class PEMTrainerMetrics:
             item = {"index": len(self.scores.indices), "image_id": str(len(self.scores.indices))}
             if self.task != "semantic":
                 # One segment per distinct class * LABEL_DIVISOR + instance value, numbered from 1; void is 0.
-                values, ids = torch.unique(label_map.masked_fill(void, -1), return_inverse=True)
+                values, ids = torch.unique(label_map, return_inverse=True)
                 if void.any():
                     values = values[1:]  # -1, the smallest, is first
                 else:
