@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/demo.py
 
-# The demo over 2 and 1 threads and 3 training seeds: its metrics' range (not part of `make test`; about 60 minutes
+# The demo over 2 and 1 threads and 3 training seeds: its metrics' range (not part of `make test`; about 35 minutes
 # on 2 cores: the 2-thread runs one after another, then the three 1-thread runs together).
 demo-robustness: $(STAMP)
 	$(PY) scripts/demo_robustness.py --threads 2 1 --seeds 0 1 2 --jobs 3
