@@ -85,7 +85,7 @@ def main() -> None:
             f"--warmup-steps={args.warmup_steps}",
             f"--seed={args.seed}",
             # BatchNorm running averages of the last steps at batch 8 are noisy enough to cost 15 points of mIoU
-            # on some seeds: recompute them over the training images (36 batches of the 288).
+            # on some seeds: recompute them over all the training images.
             f"--precise-bn-batches={args.num_train // args.batch_size}",
             # 1024 sampled points per mask instead of 12544: the crops are 64x128 pixels (masks 16x32), not 512x1024.
             # 30 queries instead of 100: a synthetic street scene has at most 17 segments, and each query fewer is
