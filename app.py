@@ -5,7 +5,7 @@ import os
 
 from huggingface_hub import snapshot_download
 
-from transformers_pem.app_pem import build_app
+from transformers_pem.app.web import build_app
 
 model = os.environ.get("PEM_MODEL", "pem-checkpoint")
 if not os.path.isdir(model):

@@ -58,8 +58,9 @@ from transformers import (
 )
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
-from transformers_pem.commands import add_allocator_argument, apply_allocator_argument
-from transformers_pem.inference_pem import PRECISIONS, glibc_malloc_tuned, precision_autocast, tune_glibc_malloc
+from transformers_pem.cli.options import add_allocator_argument, apply_allocator_argument
+from transformers_pem.inference.allocator import glibc_malloc_tuned, tune_glibc_malloc
+from transformers_pem.inference.precision import PRECISIONS, precision_autocast
 from transformers_pem.labels_pem import DATASET_LABELS
 from transformers_pem.modeling_pem import PEMModulatedDeformConv
 
@@ -288,8 +289,8 @@ def _build_model(
 def _onnx_model(model: PEMForUniversalSegmentation, optimization: str, seed: int) -> nn.Module:
     """The model exported to ONNX (int8 with "onnx-int8") and loaded with `PEMOnnxModel`'s default session: as many
     threads as PyTorch, not spinning between runs."""
-    from transformers_pem.export_pem import ONNX_FILE, export_onnx, quantize_onnx
-    from transformers_pem.modeling_onnx_pem import PEMOnnxModel
+    from transformers_pem.deploy.onnx_export import ONNX_FILE, export_onnx, quantize_onnx
+    from transformers_pem.deploy.onnx_model import PEMOnnxModel
 
     with tempfile.TemporaryDirectory() as directory:
         path = export_onnx(model, Path(directory) / ONNX_FILE)

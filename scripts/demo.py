@@ -25,8 +25,8 @@ from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation, 
 
 import transformers_pem  # noqa: F401  (registers PEM with the Auto classes)
 from transformers_pem import draw_segmentation
-from transformers_pem.synthetic_pem import generate_cityscapes
-from transformers_pem.visualization_pem import CURVES_FILE
+from transformers_pem.data.synthetic import generate_cityscapes
+from transformers_pem.training.scalars import CURVES_FILE
 
 ROOT = Path(__file__).resolve().parents[1]
 METRICS = ("PQ", "PQ_th", "PQ_st", "SQ", "RQ", "mIoU")

@@ -10,7 +10,7 @@ import torch
 from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
 from transformers_pem import draw_prototypes
-from transformers_pem.visualization_pem import kept_queries
+from transformers_pem.visualization.prototypes import kept_queries
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Evaluate a PEM checkpoint: the paper's metrics as a markdown table and JSON.
 
-Same as `python -m transformers_pem.commands.evaluate`; see `--help`. Examples:
+Same as `python -m transformers_pem.cli.evaluate`; see `--help`. Examples:
 
     python scripts/evaluate_checkpoint.py checkpoints/pem-r50-cityscapes-semantic --dataset cityscapes \
         --data-root data/cityscapes --split val --task semantic --output results.json
@@ -8,7 +8,7 @@ Same as `python -m transformers_pem.commands.evaluate`; see `--help`. Examples:
         --export-dir predictions
 """
 
-from transformers_pem.commands.evaluate import main
+from transformers_pem.cli.evaluate import main
 
 if __name__ == "__main__":
     main()

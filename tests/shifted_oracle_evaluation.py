@@ -12,8 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_evaluation import CITYSCAPES_NAMES, CITYSCAPES_THINGS, GroundTruthModel, cityscapes_processor  # noqa: E402
 
-from transformers_pem.datasets_pem import load_cityscapes  # noqa: E402
-from transformers_pem.evaluation_pem import evaluate_model  # noqa: E402
+from transformers_pem.data.loaders import load_cityscapes  # noqa: E402
+from transformers_pem.evaluation.evaluate import evaluate_model  # noqa: E402
 
 data_root, task, output, export_dir = sys.argv[1:5]
 torch.set_num_threads(1)

@@ -23,7 +23,7 @@ from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
 from tiny_configs import save_confident_cityscapes_checkpoint
 
-from transformers_pem.app_pem import Segmenter
+from transformers_pem.app.web import Segmenter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +81,7 @@ def test_app_in_a_real_browser(checkpoint, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     server = subprocess.Popen(
-        [sys.executable, "-m", "transformers_pem.commands.cli", "app", f"--model={checkpoint}", f"--port={port}"],
+        [sys.executable, "-m", "transformers_pem.cli", "app", f"--model={checkpoint}", f"--port={port}"],
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
         stdout=subprocess.DEVNULL,

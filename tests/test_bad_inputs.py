@@ -17,12 +17,13 @@ from safetensors.torch import save_file
 from tiny_configs import TINY_DECODER, TINY_STDC
 
 from transformers_pem import MeanIoU, PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
-from transformers_pem.checkpoint_io_pem import load_checkpoint
-from transformers_pem.conversion_pem import convert
-from transformers_pem.datasets_pem import load_cityscapes
-from transformers_pem.synthetic_pem import generate_ade20k, generate_cityscapes
-from transformers_pem.training_pem import TrainingConfig, train
-from transformers_pem.utils_pem import check_output_dir
+from transformers_pem.conversion.checkpoint_io import load_checkpoint
+from transformers_pem.conversion.convert import convert
+from transformers_pem.data.loaders import load_cityscapes
+from transformers_pem.data.synthetic import generate_ade20k, generate_cityscapes
+from transformers_pem.training.config import TrainingConfig
+from transformers_pem.training.loop import train
+from transformers_pem.utils.paths import check_output_dir
 
 
 @dataclass

@@ -13,8 +13,8 @@ import pytest
 from tiny_configs import save_confident_cityscapes_checkpoint
 
 from transformers_pem import predict
-from transformers_pem.commands.cli import main
-from transformers_pem.datasets_pem import rgb_to_id
+from transformers_pem.cli.main import main
+from transformers_pem.data.loaders import rgb_to_id
 from transformers_pem.labels_pem import CITYSCAPES_LABELS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ def sources(tmp_path_factory):
 
 def run_pem(*arguments: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "transformers_pem.commands.cli", *arguments],
+        [sys.executable, "-m", "transformers_pem.cli", *arguments],
         capture_output=True,
         text=True,
         cwd=ROOT,

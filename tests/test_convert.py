@@ -1,4 +1,4 @@
-"""Tests of the official-checkpoint converter (conversion_pem, checkpoint_io_pem, python -m transformers_pem.convert).
+"""Tests of the official-checkpoint converter (conversion_pem, checkpoint_io_pem, pem convert).
 
 Fixtures: tests/fixtures/convert (the official yaml configs and the key/shape manifests of the 12 official full-size
 models, see its README) and tests/fixtures/parity (official state dicts and outputs of tiny models, made by the
@@ -25,8 +25,10 @@ from safetensors.torch import load_file, save_file
 from tiny_configs import PARITY_HEAD
 from transformers import ResNetBackbone, ResNetConfig, ResNetForImageClassification, TimmBackboneConfig
 
-from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig, conversion_pem, hub_pem
-from transformers_pem.checkpoint_io_pem import (
+from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCBackbone, STDCConfig
+from transformers_pem.cli.convert import main
+from transformers_pem.conversion import convert as conversion
+from transformers_pem.conversion.checkpoint_io import (
     check_state_dict,
     convert_official_state_dict,
     load_backbone_weights,
@@ -35,8 +37,8 @@ from transformers_pem.checkpoint_io_pem import (
     load_state_dict_checked,
     stdc_alias_map,
 )
-from transformers_pem.commands.convert import main
-from transformers_pem.conversion_pem import load_official_config, resolve_config
+from transformers_pem.conversion.convert import load_official_config, resolve_config
+from transformers_pem.deploy import hub
 from transformers_pem.image_processing_pem import PEMImageProcessor
 
 ROOT = Path(__file__).parents[1]
@@ -626,7 +628,7 @@ def test_cli_backbone_weights_with_a_preset_and_push_to_hub(tmp_path, monkeypatc
             files = sorted(path.name for path in Path(kwargs["folder_path"]).iterdir())
             calls.append(("upload_folder", kwargs["repo_id"], files))
 
-    monkeypatch.setattr(hub_pem, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
     checkpoint = stdc_imagenet_checkpoint([2, 2, 2], base=64)
     torch.save({"state_dict": checkpoint}, tmp_path / "STDCNet813M_73.91.tar")
     output = tmp_path / "out"
@@ -683,12 +685,12 @@ def test_cli_reports_errors(tmp_path, capsys):
 def test_model_card_reports_the_paper_result_of_official_presets():
     target = resolve_config("pem-stdc1-cityscapes-semantic")
     model = PEMForUniversalSegmentation(target.config)
-    card = conversion_pem.model_card(
+    card = conversion.model_card(
         target, model, "official PEM checkpoint `model_final.pth`", trained=True, repo_id="someone/pem"
     )
     assert "78.3 mIoU" in card and "`pem-stdc1-cityscapes-semantic`" in card and "17.0 M parameters" in card
     assert "post_process_semantic_segmentation" in card
 
     target = resolve_config("pem-r50-ade20k-panoptic")
-    card = conversion_pem.model_card(target, model, "official PEM checkpoint", trained=True, repo_id="someone/pem")
+    card = conversion.model_card(target, model, "official PEM checkpoint", trained=True, repo_id="someone/pem")
     assert "38.5 PQ" in card and "post_process_panoptic_segmentation" in card

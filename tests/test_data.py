@@ -17,7 +17,7 @@ from PIL import Image
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import InterpolationMode
 
-from transformers_pem.augmentation_pem import (
+from transformers_pem.data.augmentation import (
     LABEL_DIVISOR,
     AugmentedSegmentationDataset,
     ColorAugSSD,
@@ -30,16 +30,16 @@ from transformers_pem.augmentation_pem import (
     official_train_augmentation,
     rgb_to_hsv_uint8,
 )
-from transformers_pem.datasets_pem import (
+from transformers_pem.data.loaders import (
     load_ade20k,
     load_cityscapes,
     load_segmentation_dataset,
     rgb_to_id,
     semantic_from_panoptic,
 )
+from transformers_pem.data.synthetic import generate_ade20k, generate_cityscapes, main
 from transformers_pem.image_processing_pem import PEMImageProcessor
 from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
-from transformers_pem.synthetic_pem import generate_ade20k, generate_cityscapes, main
 
 CS_LABEL_TO_TRAIN = {label_id: train_id for train_id, (_, _, _, label_id) in enumerate(CITYSCAPES_LABELS)}
 CS_THING_LABEL_IDS = {label_id for _, _, isthing, label_id in CITYSCAPES_LABELS if isthing}

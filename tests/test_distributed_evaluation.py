@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from tiny_configs import save_confident_cityscapes_checkpoint
 
-from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.data.synthetic import generate_cityscapes
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"]

@@ -31,13 +31,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCConfig
-from transformers_pem.commands.evaluate import main
-from transformers_pem.datasets_pem import load_ade20k, load_cityscapes, load_evaluation_dataset, segment_ids_from_image
-from transformers_pem.evaluation_pem import evaluate_model, format_results_table
+from transformers_pem.cli.evaluate import main
+from transformers_pem.data.loaders import load_ade20k, load_cityscapes, load_evaluation_dataset, segment_ids_from_image
+from transformers_pem.data.synthetic import generate_ade20k, generate_cityscapes
+from transformers_pem.evaluation.evaluate import evaluate_model, format_results_table
 from transformers_pem.image_processing_pem import PEMImageProcessor
-from transformers_pem.inference_pem import official_crop_size, official_tta_settings, predict
+from transformers_pem.inference.predictor import official_crop_size, official_tta_settings, predict
 from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
-from transformers_pem.synthetic_pem import generate_ade20k, generate_cityscapes
 
 ROOT = Path(__file__).resolve().parents[1]
 CITYSCAPES_NAMES = {index: label[0] for index, label in enumerate(CITYSCAPES_LABELS)}
@@ -600,7 +600,7 @@ def test_evaluation_entry_points_run_from_the_scripts_folder():
     # Run from scripts/ (first on the import path of every script there), the metrics must still import the
     # `evaluate` library: no module of ours is named like it.
     commands = [
-        ["-m", "transformers_pem.commands.evaluate", "--help"],
+        ["-m", "transformers_pem.cli.evaluate", "--help"],
         [str(ROOT / "scripts" / "evaluate_checkpoint.py"), "--help"],
     ]
     for command in commands:

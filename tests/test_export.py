@@ -13,8 +13,9 @@ from tiny_configs import TINY_DECODER, TINY_STDC, save_confident_cityscapes_chec
 from transformers import TimmBackboneConfig, pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
-from transformers_pem.commands import cli
-from transformers_pem.export_pem import (
+from transformers_pem.cli import main as cli
+from transformers_pem.data.synthetic import generate_cityscapes
+from transformers_pem.deploy.onnx_export import (
     INT8_FILE,
     ONNX_FILE,
     calibration_images,
@@ -22,9 +23,9 @@ from transformers_pem.export_pem import (
     export_onnx,
     export_program,
 )
-from transformers_pem.modeling_onnx_pem import PEMOnnxModel
-from transformers_pem.synthetic_pem import generate_cityscapes
-from transformers_pem.training_pem import TrainingConfig, train
+from transformers_pem.deploy.onnx_model import PEMOnnxModel
+from transformers_pem.training.config import TrainingConfig
+from transformers_pem.training.loop import train
 from transformers_pem.transformer_decoder_pem import PEMPrototypeCrossAttention
 
 # An image whose processed size (resized to 96x134, padded to 96x160) is neither the traced example's nor square.

@@ -25,10 +25,10 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-import transformers_pem.metrics_pem
-from transformers_pem.metrics_pem import MaskAP, MeanIoU, PanopticQuality
+import transformers_pem.evaluation.metrics
+from transformers_pem.evaluation.metrics import MaskAP, MeanIoU, PanopticQuality
 
-METRIC_SCRIPTS = Path(transformers_pem.metrics_pem.__file__).parent / "metric_scripts"
+METRIC_SCRIPTS = Path(transformers_pem.evaluation.metrics.__file__).parent / "metric_scripts"
 TOLERANCE = 1e-6
 
 

@@ -14,7 +14,7 @@ from tiny_configs import PARITY_HEAD
 from transformers import ResNetConfig
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCConfig
-from transformers_pem.checkpoint_io_pem import convert_official_state_dict, rename_official_key
+from transformers_pem.conversion.checkpoint_io import convert_official_state_dict, rename_official_key
 from transformers_pem.transformer_decoder_pem import PEMPrototypeCrossAttention
 
 FIXTURES = Path(__file__).parent / "fixtures" / "parity"

@@ -11,11 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from transformers_pem import post_processing_pem
+from transformers_pem import label_maps_pem, post_processing_pem
 from transformers_pem.image_processing_pem import PEMImageProcessor
 from transformers_pem.image_processing_pem_pil import PEMImageProcessorPil
 from transformers_pem.labels_pem import CITYSCAPES_LABELS
-from transformers_pem.visualization_pem import PALETTES, draw_segmentation
+from transformers_pem.visualization.segmentation import PALETTES, draw_segmentation
 
 FIXTURES = Path(__file__).parent / "fixtures" / "postprocess"
 CITYSCAPES_THINGS = [index for index, label in enumerate(CITYSCAPES_LABELS) if label[2]]
@@ -321,8 +321,6 @@ def test_semantic_scores_in_bands_equal_the_full_maps(monkeypatch, mask_size, si
     """The semantic scores are computed a band of rows at a time (vertical factors 4 and 8); they must equal the scores
     of the full upsampled masks up to the last bit of PyTorch's resize kernel. A factor of 3 takes the unbanded path.
     A band edge off by one row would move scores by ~1e-2."""
-    from transformers_pem import post_processing_pem
-
     generator = torch.Generator().manual_seed(size[0])
     mask_logits = torch.randn(6, *mask_size, generator=generator) * 4
     class_probs = torch.randn(6, 5, generator=generator).softmax(dim=-1)[:, :-1]
@@ -330,8 +328,8 @@ def test_semantic_scores_in_bands_equal_the_full_maps(monkeypatch, mask_size, si
     expected = torch.einsum("qc,qhw->chw", class_probs, masks.sigmoid())
     # 2 rows of mask logits per band: 7 bands, the last one a single row.
     factor = size[0] // mask_size[0]
-    monkeypatch.setattr(post_processing_pem, "SEMANTIC_BAND_ELEMENTS", 2 * 6 * factor * size[1])
-    scores = post_processing_pem._semantic_scores(class_probs, mask_logits, size)
+    monkeypatch.setattr(label_maps_pem, "SEMANTIC_BAND_ELEMENTS", 2 * 6 * factor * size[1])
+    scores = label_maps_pem.semantic_scores(class_probs, mask_logits, size)
     assert scores.shape == (4, *size)
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-6)
     assert torch.equal(scores.max(dim=0).indices, expected.max(dim=0).indices)
@@ -358,6 +356,7 @@ def test_post_processing_of_outputs_that_require_grad(task):
 
 def one_query_at_a_time(monkeypatch):
     """Make post-processing hold the output-size masks of one query at a time, as for a very large output."""
+    monkeypatch.setattr(label_maps_pem, "FULL_MAP_ELEMENTS", 1)
     monkeypatch.setattr(post_processing_pem, "FULL_MAP_ELEMENTS", 1)
 
 
@@ -365,7 +364,7 @@ def one_query_at_a_time(monkeypatch):
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_panoptic_matches_reference(monkeypatch, seed, path):
     if path != "mask resolution":
-        monkeypatch.setattr(post_processing_pem, "_panoptic_maps", lambda *args: None)
+        monkeypatch.setattr(post_processing_pem, "panoptic_maps", lambda *args: None)
     if path.endswith("one query at a time"):
         one_query_at_a_time(monkeypatch)
     class_logits, mask_logits = random_outputs(seed, num_queries=8, num_labels=4, sharp=4.0)
@@ -607,8 +606,8 @@ from benchmark import confident_outputs  # noqa: E402
 
 def full_resolution(monkeypatch):
     """Make post-processing take its full-resolution path (the maps of all queries at the output size)."""
-    monkeypatch.setattr(post_processing_pem, "_semantic_labels", lambda *args: None)
-    monkeypatch.setattr(post_processing_pem, "_panoptic_maps", lambda *args: None)
+    monkeypatch.setattr(post_processing_pem, "semantic_labels", lambda *args: None)
+    monkeypatch.setattr(post_processing_pem, "panoptic_maps", lambda *args: None)
 
 
 # (mask size, padded size, valid size of image 0, target sizes): no resize after the crop, enlarged, reduced, padded.
@@ -635,7 +634,7 @@ def test_decided_windows_give_the_full_resolution_results(
             if patch:
                 full_resolution(context)
             else:  # the fast functions must answer, not fall back
-                for name in ("_semantic_labels", "_panoptic_maps"):
+                for name in ("semantic_labels", "panoptic_maps"):
                     function = getattr(post_processing_pem, name)
                     context.setattr(post_processing_pem, name, lambda *a, f=function: _not_none(f(*a)))
             for resize_first in (False, True):
@@ -687,7 +686,7 @@ def test_flat_masks_fall_back_to_the_full_maps():
     class_logits, mask_logits = random_outputs(7, batch_size=1, num_queries=8, mask_size=(16, 16), sharp=0.1)
     probs = class_logits[0].softmax(-1)[:, :-1]
     mask_logits = mask_logits * 0.01
-    assert post_processing_pem._semantic_labels(probs, mask_logits[0], (64, 64), (64, 64), (64, 64), False) is None
+    assert label_maps_pem.semantic_labels(probs, mask_logits[0], (64, 64), (64, 64), (64, 64), False) is None
 
 
 @pytest.mark.parametrize("resize_first", [False, True])
@@ -700,10 +699,10 @@ def test_flat_masks_too_large_for_full_maps_take_the_exact_path(monkeypatch, res
     expected = processor.post_process_semantic_segmentation(model_outputs, target_sizes=[(90, 70)])[0]
     probs = class_logits[0].softmax(-1)[:, :-1]
     arguments = (probs, mask_logits[0] * 0.05, (64, 48), (60, 48), (90, 70), resize_first)
-    assert post_processing_pem._semantic_labels(*arguments) is None  # fits: the full maps
+    assert label_maps_pem.semantic_labels(*arguments) is None  # fits: the full maps
     with monkeypatch.context() as context:
-        context.setattr(post_processing_pem, "FULL_MAP_ELEMENTS", 90 * 70)  # one map
-        context.setattr(post_processing_pem, "SEMANTIC_BAND_ELEMENTS", 8 * 50)  # chunks of 50 pixels
-        assert torch.equal(_not_none(post_processing_pem._semantic_labels(*arguments)), expected)
+        context.setattr(label_maps_pem, "FULL_MAP_ELEMENTS", 90 * 70)  # one map
+        context.setattr(label_maps_pem, "SEMANTIC_BAND_ELEMENTS", 8 * 50)  # chunks of 50 pixels
+        assert torch.equal(_not_none(label_maps_pem.semantic_labels(*arguments)), expected)
         labels = processor.post_process_semantic_segmentation(model_outputs, target_sizes=[(90, 70)])[0]
     assert torch.equal(labels, expected)

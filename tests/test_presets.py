@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from transformers_pem import PEMConfig, PEMImageProcessor
-from transformers_pem.conversion_pem import load_official_config
+from transformers_pem.conversion.convert import load_official_config
 from transformers_pem.labels_pem import DATASET_LABELS, dataset_for
 from transformers_pem.presets_pem import PRESETS, get_preset, get_protocol
 

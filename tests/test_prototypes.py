@@ -10,7 +10,7 @@ import torch
 from tiny_configs import TINY_DECODER, TINY_STDC
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor, draw_prototypes
-from transformers_pem.visualization_pem import (
+from transformers_pem.visualization.prototypes import (
     draw_prototype_panel,
     head_colours,
     kept_queries,

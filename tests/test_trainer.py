@@ -21,7 +21,7 @@ from transformers_pem import (
     load_cityscapes,
     official_train_augmentation,
 )
-from transformers_pem.synthetic_pem import generate_cityscapes
+from transformers_pem.data.synthetic import generate_cityscapes
 
 
 @pytest.fixture(scope="module")

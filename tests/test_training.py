@@ -19,18 +19,15 @@ from huggingface_hub import HfApi
 from tiny_configs import TINY_DECODER
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
-from transformers_pem.commands import cli
-from transformers_pem.datasets_pem import load_cityscapes
-from transformers_pem.synthetic_pem import generate_cityscapes
-from transformers_pem.training_pem import (
-    TrainingConfig,
-    build_optimizer,
-    build_scheduler,
-    latest_checkpoint,
-    recompute_batch_norm,
-    train,
-)
-from transformers_pem.visualization_pem import plot_training_curves, read_scalars
+from transformers_pem.cli import main as cli
+from transformers_pem.data.loaders import load_cityscapes
+from transformers_pem.data.synthetic import generate_cityscapes
+from transformers_pem.training.batch_norm import recompute_batch_norm
+from transformers_pem.training.checkpoints import latest_checkpoint
+from transformers_pem.training.config import TrainingConfig
+from transformers_pem.training.loop import train
+from transformers_pem.training.optimization import build_optimizer, build_scheduler
+from transformers_pem.training.scalars import plot_training_curves, read_scalars
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {
@@ -77,7 +74,7 @@ def final_state(output_dir: Path) -> dict:
 def test_batch_size_one_is_refused_with_a_clear_message(tmp_path):
     with pytest.raises(ValueError, match="at least 2 images per process"):
         TrainingConfig(data_root=tmp_path, output_dir=tmp_path, batch_size=1)
-    from transformers_pem.commands.train import parse_args
+    from transformers_pem.cli.train import parse_args
 
     with pytest.raises(SystemExit):
         parse_args([f"--data-root={tmp_path}", f"--output-dir={tmp_path}", "--batch-size=1"])
@@ -108,7 +105,7 @@ def test_official_recipes():
 
 
 def test_command_line_builds_the_training_config(tmp_path):
-    from transformers_pem.commands.train import parse_args
+    from transformers_pem.cli.train import parse_args
 
     config, _ = parse_args(
         [
@@ -161,7 +158,7 @@ def test_frozen_backbone_batch_norm_does_not_change_and_saves_as_batch_norm():
     training, and the saved model has ordinary BatchNorm layers with the same values."""
     from torchvision.ops import FrozenBatchNorm2d
 
-    from transformers_pem.training_pem import _plain_batch_norm, freeze_batch_norm
+    from transformers_pem.training.batch_norm import freeze_batch_norm, plain_batch_norm
 
     torch.manual_seed(0)
     model = PEMForUniversalSegmentation(PEMConfig.from_preset("pem-stdc1-cityscapes-semantic", **TINY))
@@ -182,7 +179,7 @@ def test_frozen_backbone_batch_norm_does_not_change_and_saves_as_batch_norm():
     model.eval()
     with torch.no_grad():
         frozen_output = model(images).masks_queries_logits
-        _plain_batch_norm(model)
+        plain_batch_norm(model)
         plain_output = model(images).masks_queries_logits
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in backbone.modules())
     torch.testing.assert_close(plain_output, frozen_output)
@@ -322,7 +319,7 @@ def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):
     state = final_state(tmp_path)
     assert state["replicas_identical"] is True, result.stdout
     assert state["step"] == 2
-    from transformers_pem.evaluation_pem import evaluate_model
+    from transformers_pem.evaluation.evaluate import evaluate_model
 
     model = PEMForUniversalSegmentation.from_pretrained(tmp_path / "final")
     processor = PEMImageProcessor.from_pretrained(tmp_path / "final")
@@ -397,10 +394,10 @@ def test_push_to_hub_publishes_the_model_with_its_card_and_curves(cityscapes_roo
     through huggingface_hub's API; without a token, refused before any work."""
     from huggingface_hub import ModelCard
 
-    from transformers_pem import hub_pem
-    from transformers_pem.commands.evaluate import main as evaluate_main
+    from transformers_pem.cli.evaluate import main as evaluate_main
+    from transformers_pem.deploy import hub
 
-    monkeypatch.setattr(hub_pem, "get_token", lambda: None)
+    monkeypatch.setattr(hub, "get_token", lambda: None)
     config = dict(output_dir=tmp_path / "run", data_root=cityscapes_root, preset="pem-stdc1-cityscapes-semantic",
                   config_overrides=TINY, scale=0.0625, batch_size=2, max_steps=2, eval_every=2, save_every=0,
                   push_to_hub="someone/pem-tiny")  # fmt: skip
@@ -408,8 +405,8 @@ def test_push_to_hub_publishes_the_model_with_its_card_and_curves(cityscapes_roo
         train(TrainingConfig(**config))
     assert not (tmp_path / "run").exists()
 
-    monkeypatch.setattr(hub_pem, "get_token", lambda: "hf_test")
-    monkeypatch.setattr(hub_pem, "HfApi", RecordingHfApi)
+    monkeypatch.setattr(hub, "get_token", lambda: "hf_test")
+    monkeypatch.setattr(hub, "HfApi", RecordingHfApi)
     RecordingHfApi.calls = []
     state = train(TrainingConfig(**config))
     final = tmp_path / "run" / "final"

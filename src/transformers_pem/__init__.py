@@ -20,11 +20,14 @@ from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
 from .image_processing_pem import PEMImageProcessor
 from .image_processing_pem_pil import PEMImageProcessorPil
-from .inference_pem import official_crop_size, official_tta_settings, precision_autocast, predict, tune_glibc_malloc
+from .inference.allocator import tune_glibc_malloc
+from .inference.precision import precision_autocast
+from .inference.predictor import official_crop_size, official_tta_settings, predict
 from .modeling_pem import PEMForUniversalSegmentation, PEMModel, PEMPreTrainedModel
 from .modeling_stdc import STDCBackbone
 from .presets_pem import PRESETS, get_preset
-from .visualization_pem import draw_prototypes, draw_segmentation
+from .visualization.prototypes import draw_prototypes
+from .visualization.segmentation import draw_segmentation
 
 __version__ = "0.1.0"
 
@@ -44,33 +47,33 @@ PEMConfig.register_for_auto_class()
 PEMForUniversalSegmentation.register_for_auto_class("AutoModelForUniversalSegmentation")
 PEMImageProcessor.register_for_auto_class("AutoImageProcessor")
 
-# Names of the modules with optional dependencies, imported when first used.
+# The applications' public names, each imported from its module on first use: they need the package's extras.
 _LAZY_ATTRIBUTES = {
-    "load_cityscapes": "datasets_pem",
-    "load_ade20k": "datasets_pem",
-    "load_segmentation_dataset": "datasets_pem",
-    "official_train_augmentation": "augmentation_pem",
-    "PEMSegmentationTransform": "augmentation_pem",
-    "AugmentedSegmentationDataset": "augmentation_pem",
-    "collate_fn": "augmentation_pem",
-    "TrainingConfig": "training_pem",
-    "train": "training_pem",
-    "evaluate_model": "evaluation_pem",
-    "format_results_table": "evaluation_pem",
-    "PEMTrainerMetrics": "evaluation_pem",
-    "PredictionExporter": "submission_pem",
-    "MeanIoU": "metrics_pem",
-    "PanopticQuality": "metrics_pem",
-    "MaskAP": "metrics_pem",
-    "load_backbone_weights": "checkpoint_io_pem",
-    "load_official_checkpoint": "checkpoint_io_pem",
-    "PEMOnnxModel": "modeling_onnx_pem",
-    "export_onnx": "export_pem",
-    "export_program": "export_pem",
+    "load_cityscapes": "data.loaders",
+    "load_ade20k": "data.loaders",
+    "load_segmentation_dataset": "data.loaders",
+    "official_train_augmentation": "data.augmentation",
+    "PEMSegmentationTransform": "data.augmentation",
+    "AugmentedSegmentationDataset": "data.augmentation",
+    "collate_fn": "data.augmentation",
+    "TrainingConfig": "training.config",
+    "train": "training.loop",
+    "evaluate_model": "evaluation.evaluate",
+    "format_results_table": "evaluation.evaluate",
+    "PEMTrainerMetrics": "evaluation.evaluate",
+    "PredictionExporter": "evaluation.submission",
+    "MeanIoU": "evaluation.metrics",
+    "PanopticQuality": "evaluation.metrics",
+    "MaskAP": "evaluation.metrics",
+    "load_backbone_weights": "conversion.checkpoint_io",
+    "load_official_checkpoint": "conversion.checkpoint_io",
+    "PEMOnnxModel": "deploy.onnx_model",
+    "export_onnx": "deploy.onnx_export",
+    "export_program": "deploy.onnx_export",
 }
 
 
-def __getattr__(name: str):
+def __getattr__(name: str):  # the lazy names; `__all__` (what `import *` gives) lists the others only
     if name in _LAZY_ATTRIBUTES:
         return getattr(importlib.import_module(f".{_LAZY_ATTRIBUTES[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -94,5 +97,4 @@ __all__ = [
     "precision_autocast",
     "predict",
     "tune_glibc_malloc",
-    *_LAZY_ATTRIBUTES,
 ]

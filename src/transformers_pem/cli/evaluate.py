@@ -1,0 +1,231 @@
+"""`python -m transformers_pem.cli.evaluate CHECKPOINT --dataset ...`: the paper's metrics of a PEM checkpoint
+as a markdown table and JSON (see `evaluation_pem`)."""
+
+import argparse
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from ..data.loaders import load_evaluation_dataset
+from ..deploy.hub import check_hub_token, push_folder, trained_model_card
+from ..evaluation.evaluate import evaluate_model, format_results_table
+from ..image_processing_pem import PEMImageProcessor
+from ..inference.precision import PRECISIONS
+from ..inference.predictor import official_crop_size, official_tta_settings
+from ..labels_pem import DATASET_LABELS
+from ..modeling_pem import PEMForUniversalSegmentation
+from ..presets_pem import TASKS
+from ..training.scalars import CURVES_FILE
+from .options import add_allocator_argument, apply_allocator_argument
+
+
+def _json_safe(value):
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="pem evaluate",
+        description="Evaluate a PEM checkpoint: the paper's metrics (mIoU / PQ / mask AP) as markdown and JSON.",
+    )
+    parser.add_argument("checkpoint", help="checkpoint directory (or Hub id) written by save_pretrained")
+    parser.add_argument(
+        "--dataset",
+        required=True,
+        help="'cityscapes' or 'ade20k' (local tree under --data-root), or a dataset path "
+        "or Hub name for load_segmentation_dataset",
+    )
+    parser.add_argument("--data-root", help="root of the local Cityscapes / ADE20K tree")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--task", choices=TASKS, default="semantic")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--num-workers", type=int, default=0, help="processes decoding the data and references")
+    parser.add_argument("--tta", action="store_true", help="the official multi-scale + flip test-time augmentation")
+    parser.add_argument("--scales", type=int, nargs="+", help="custom TTA shortest-edge sizes")
+    parser.add_argument("--max-size", type=int, help="longest-edge cap of the TTA scales")
+    parser.add_argument("--flip", action="store_true", help="add horizontally flipped predictions")
+    parser.add_argument(
+        "--sliding-window",
+        type=int,
+        nargs="*",
+        metavar="SIZE",
+        help="sliding-window inference: no value for the official training crop, or SIZE / HEIGHT WIDTH",
+    )
+    parser.add_argument("--stride", type=int, nargs="+", metavar="SIZE", help="sliding-window stride (HEIGHT WIDTH)")
+    parser.add_argument("--export-dir", help="write the predictions in the official submission formats")
+    parser.add_argument("--output", help="JSON file for the results")
+    parser.add_argument(
+        "--push-to-hub",
+        metavar="REPO",
+        help="write the checkpoint's model card (README.md) with these results and upload the checkpoint folder",
+    )
+    parser.add_argument("--max-images", type=int, help="evaluate only the first N images")
+    parser.add_argument("--device", help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="amp: run the model under autocast (bfloat16 on CPU, float16 on CUDA); post-processing stays float32",
+    )
+    parser.add_argument(
+        "--fold-batch-norm",
+        action="store_true",
+        help="fold BatchNorm into the convolutions first (faster; equal up to float rounding)",
+    )
+    parser.add_argument(
+        "--onnx",
+        nargs="?",
+        const="model.onnx",
+        metavar="FILE",
+        help="evaluate the exported ONNX graph of the checkpoint directory with ONNX Runtime instead of the PyTorch "
+        "model (default file model.onnx; e.g. model_int8.onnx; see pem export)",
+    )
+    parser.add_argument("--no-progress", action="store_true")
+    add_allocator_argument(parser)
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    """Command-line entry point (see `parse_args`); returns the results written to `--output`."""
+    args = parse_args(argv)
+    apply_allocator_argument(args)
+    if args.push_to_hub:
+        check_hub_token("--push-to-hub")
+        if args.onnx is not None or not Path(args.checkpoint).is_dir():
+            raise ValueError(
+                "--push-to-hub uploads a local save_pretrained checkpoint folder (not --onnx, not a Hub id)."
+            )
+    known_dataset = args.dataset in DATASET_LABELS
+    scales, max_size, flip = args.scales, args.max_size, args.flip
+    if args.tta:
+        if not known_dataset and scales is None:
+            raise ValueError(f"--tta knows the official scales of {sorted(DATASET_LABELS)} only: pass --scales.")
+        official = official_tta_settings(args.dataset, args.task) if known_dataset else {}
+        scales = scales or official["scales"]
+        max_size = max_size or official.get("max_size")
+        flip = True
+    window = args.sliding_window
+    if window is not None:
+        if len(window) == 0:
+            if not known_dataset:
+                raise ValueError("--sliding-window without a size needs --dataset cityscapes or ade20k.")
+            window = official_crop_size(args.dataset, args.task)
+        elif len(window) > 2:
+            raise ValueError(f"--sliding-window takes at most 2 values (HEIGHT WIDTH), got {window}.")
+        window = tuple(window) if len(window) == 2 else window[0]
+    stride = None if args.stride is None else (tuple(args.stride) if len(args.stride) == 2 else args.stride[0])
+
+    if args.onnx is not None:
+        if args.precision != "fp32" or args.fold_batch_norm or args.device not in (None, "cpu"):
+            raise ValueError(
+                "--onnx runs the exported graph as it is: drop --precision, --fold-batch-norm and --device."
+            )
+        from ..deploy.onnx_model import PEMOnnxModel
+
+        model = PEMOnnxModel.from_pretrained(args.checkpoint, file_name=args.onnx)
+    else:
+        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        model = PEMForUniversalSegmentation.from_pretrained(args.checkpoint).to(device)
+    if args.fold_batch_norm:
+        model.fold_batch_norm()
+    try:
+        processor = PEMImageProcessor.from_pretrained(args.checkpoint)
+    except OSError:
+        if not known_dataset:
+            raise ValueError(
+                f"{args.checkpoint} has no preprocessor_config.json: save the processor with the checkpoint, or use "
+                "--dataset cityscapes / ade20k for the official test settings."
+            ) from None
+        preset = f"pem-r50-{args.dataset}-{'semantic' if args.task == 'semantic' else 'panoptic'}"
+        processor = PEMImageProcessor.from_preset(preset, model_config=model.config)
+    dataset = load_evaluation_dataset(args.dataset, args.data_root, args.split, args.task)
+    if args.max_images is not None:
+        dataset = dataset.select(range(min(args.max_images, len(dataset))))
+    # The local ADE20K semantic annotations (also added to the panoptic task) store class c as c + 1, whatever the
+    # processor says; Cityscapes maps hold train ids.
+    reduce_labels = args.dataset == "ade20k" if known_dataset else None
+
+    start = time.perf_counter()
+    metrics = evaluate_model(
+        model,
+        processor,
+        dataset,
+        task=args.task,
+        batch_size=args.batch_size,
+        scales=scales,
+        max_size=max_size,
+        flip=flip,
+        sliding_window=window,
+        sliding_window_stride=stride,
+        reduce_labels=reduce_labels,
+        export_dir=args.export_dir,
+        dataset_name=args.dataset if known_dataset else None,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+        precision=args.precision,
+    )
+    seconds = time.perf_counter() - start
+    results = {
+        "checkpoint": str(args.checkpoint),
+        "dataset": args.dataset,
+        "split": args.split,
+        "task": args.task,
+        "num_images": len(dataset),
+        "settings": {
+            "batch_size": args.batch_size,
+            "scales": scales,
+            "max_size": max_size,
+            "flip": flip,
+            "sliding_window": window,
+            "sliding_window_stride": stride,
+            "augmented_outputs": "semantic" if (scales or flip or window) else None,
+            "precision": args.precision,
+            "fold_batch_norm": args.fold_batch_norm,
+            "onnx": args.onnx,
+        },
+        "seconds": seconds,
+        "images_per_second": len(dataset) / seconds,
+        "metrics": metrics,
+    }
+    from accelerate import PartialState  # installed with evaluation_pem's extra
+
+    # Every process has the results (evaluated over all processes); one reports them.
+    if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:
+        return results
+    print(format_results_table(metrics, args.task))
+    print(f"\n{len(dataset)} images in {seconds:.1f} s ({len(dataset) / seconds:.2f} images/s)")
+    if args.task == "panoptic" and (scales or flip or window):
+        print("Test-time augmentation / sliding windows apply to the semantic output (mIoU) only; PQ is single-scale.")
+    if args.output is not None:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.output, "w") as file:
+            json.dump(_json_safe(results), file, indent=2)
+    if args.push_to_hub:
+        checkpoint = Path(args.checkpoint)
+        training = checkpoint / "training_config.json"
+        card = trained_model_card(
+            model.config,
+            args.push_to_hub,
+            args.task,
+            metrics=metrics,
+            split=args.split,
+            training=json.loads(training.read_text()) if training.is_file() else None,
+            curves=CURVES_FILE if (checkpoint / CURVES_FILE).is_file() else None,
+        )
+        card.save(checkpoint / "README.md")
+        push_folder(checkpoint, args.push_to_hub, commit_message=f"Evaluation on {args.dataset} {args.split}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

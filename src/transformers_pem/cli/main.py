@@ -1,0 +1,136 @@
+"""`pem`, the transformers-pem command line: `pem predict`, and the training, evaluation, conversion and benchmark
+command lines as subcommands (`pem train --help`, ...). Exit codes: 0 done, 1 an error (one line on stderr), 2 bad
+arguments."""
+
+import argparse
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+from ..presets_pem import TASKS
+from .options import add_allocator_argument, apply_allocator_argument
+
+# Subcommands that are the package's other command lines: (module of their `main(argv)`, one-line help).
+DELEGATED = {
+    "train": ("transformers_pem.cli.train", "fine-tune PEM with accelerate (official recipe by default)"),
+    "evaluate": ("transformers_pem.cli.evaluate", "the paper's metrics of a checkpoint on a dataset"),
+    "convert": ("transformers_pem.cli.convert", "convert an official detectron2 checkpoint"),
+    "export": ("transformers_pem.cli.export", "export a checkpoint to ONNX (and int8) for ONNX Runtime"),
+    "plot": ("transformers_pem.cli.plot", "draw a training run's curves (loss terms, learning rate, metrics)"),
+    "benchmark": (None, "latency, GMACs and memory against Mask2Former (from a clone of the repository)"),
+}
+
+EXAMPLES = """examples:
+  pem predict street.jpg --model pem-stdc1-cityscapes-panoptic
+  pem predict "frames/*.png" --model DIR --task semantic --out predictions --batch-size 4
+  pem predict drive.mp4 --model DIR --task instance
+  pem app --model DIR   (then open http://127.0.0.1:7860)
+  pem train --preset pem-stdc1-cityscapes-panoptic --task panoptic --data-root data/cityscapes --output-dir runs/stdc1
+  pem evaluate runs/stdc1/final --dataset cityscapes --data-root data/cityscapes --task panoptic
+  pem convert --checkpoint model_final.pth --config pem_STDC1_bs32_90k.yaml --output-dir pem-stdc1
+  pem export runs/stdc1/final --output stdc1-onnx --quantize int8 --calibration-data data/cityscapes/leftImg8bit/val
+  pem plot runs/stdc1   (writes runs/stdc1/curves.png from runs/stdc1/scalars.jsonl)
+  accelerate launch -m transformers_pem.cli.train ...   (several processes)"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pem",
+        description="PEM (Prototype-based Efficient MaskFormer): predict, train, evaluate, convert, export.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    predict = subcommands.add_parser(
+        "predict",
+        help="segment images, folders, glob patterns or videos; write overlays, label PNGs and segment JSON",
+        description="Segment every image (or video frame) of SOURCE and write overlays/, segments/ and the official "
+        "label files (semantic/, panoptic/ + panoptic.json, or instances.json) under --out.",
+    )
+    predict.add_argument("source", metavar="SOURCE", help="an image, a video, a folder or a quoted glob pattern")
+    predict.add_argument("--model", required=True, help="a saved PEM checkpoint directory")
+    predict.add_argument("--task", choices=TASKS, default="panoptic")
+    predict.add_argument("--out", default="pem_predictions", help="output folder (default: %(default)s)")
+    predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
+    predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    predict.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_allocator_argument(predict)
+    app = subcommands.add_parser(
+        "app",
+        help="a web app (Gradio) for a checkpoint: upload an image, see the overlay, segments and prototypes",
+        description="Serve the Gradio app of a checkpoint (the same app as app.py on a Hugging Face Space).",
+    )
+    app.add_argument("--model", required=True, help="a saved PEM checkpoint directory")
+    app.add_argument("--examples", help="a folder of example images to offer")
+    app.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
+    app.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
+    app.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    for name, (_, help_text) in DELEGATED.items():
+        subcommands.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def run_predict(args: argparse.Namespace) -> int:
+    from ..inference.media import segment_files
+
+    apply_allocator_argument(args)
+    summary = segment_files(
+        args.model,
+        args.source,
+        args.out,
+        task=args.task,
+        batch_size=args.batch_size,
+        device=args.device,
+        progress=not args.no_progress,
+    )
+    print(f"Segmented {len(summary.segmented)} images into {summary.output_dir}.")
+    if summary.skipped:
+        print(f"Skipped {len(summary.skipped)} unreadable files (see the warnings above).", file=sys.stderr)
+    if not summary.segmented:
+        raise ValueError("no readable image was found")
+    return 0
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from ..app.web import build_app
+    from ..inference.media import IMAGE_SUFFIXES
+
+    examples = None
+    if args.examples:
+        examples = [str(p) for p in sorted(Path(args.examples).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+    build_app(args.model, examples=examples, device=args.device).launch(server_name=args.host, server_port=args.port)
+    return 0
+
+
+def run_delegated(name: str, argv: list[str]) -> None:
+    module_name = DELEGATED[name][0]
+    if module_name is None:  # the benchmark is tooling outside the package, beside its results
+        benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
+        if not (benchmarks / "benchmark.py").is_file():
+            raise ValueError(
+                "pem benchmark runs from a clone of the transformers-pem repository (benchmarks/benchmark.py)."
+            )
+        sys.path.insert(0, str(benchmarks))
+        module_name = "benchmark"
+    importlib.import_module(module_name).main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pem` console script; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(format="%(levelname)s: %(message)s", level=logging.WARNING)
+    command = argv[0] if argv else None
+    try:
+        if command in DELEGATED:
+            run_delegated(command, argv[1:])
+            return 0
+        args = build_parser().parse_args(argv)
+        return run_app(args) if args.command == "app" else run_predict(args)
+    except (ValueError, ImportError, OSError) as error:
+        print(f"pem {command}: error: {error}" if command else f"pem: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""What a training run does: `TrainingConfig`, and the official recipe its unset optimisation settings take."""
+
+import os
+from dataclasses import dataclass
+
+from ..presets_pem import Protocol, check_task, get_preset
+
+_SHARED_RECIPE = ("weight_decay", "backbone_lr_multiplier", "clip_grad_norm", "warmup_steps")
+# Without an official preset (a model from `model_name_or_path` only): a short fine-tuning schedule.
+_FINE_TUNING_STEPS = 1000
+_FINE_TUNING_LEARNING_RATE = 1e-4
+
+
+@dataclass
+class TrainingConfig:
+    """What `train` runs. Optimisation settings left at `None` take the official recipe of `preset` (AdamW, cosine
+    schedule; the numbers are the preset's `Protocol` in `presets_pem`), see `recipe()`."""
+
+    output_dir: str | os.PathLike
+    data_root: str | os.PathLike  # dataset root folder, or a Hub id / parquet path with dataset="hub"
+    # Model
+    preset: str | None = "pem-r50-cityscapes-semantic"  # PEMConfig preset and official recipe
+    model_name_or_path: str | None = None  # start from a saved PEM model (local dir or Hub id)
+    config_overrides: dict | None = None  # PEMConfig fields, e.g. {"num_queries": 50}
+    backbone_weights: str | None = None  # ImageNet backbone checkpoint (STDC .tar/.pkl, ResNet-50 .pth)
+    id2label: dict[int, str] | None = None  # a custom label set (else the preset's dataset)
+    thing_ids: list[int] | None = None  # thing classes of a custom label set
+    freeze_backbone_batch_norm: bool | None = None  # None: the preset's (FrozenBN for ADE20K R50, as officially)
+    # Data
+    dataset: str = "cityscapes"  # "cityscapes", "ade20k" or "hub"
+    task: str = "semantic"
+    column_mapping: dict[str, str] | None = None  # renames dataset columns (dataset="hub")
+    train_split: str = "train"
+    eval_split: str | None = "val"
+    augmentation: str | None = None  # official recipe "cityscapes" / "ade20k"; default: the dataset's
+    scale: float = 1.0  # scale of the recipe's resize/crop sizes
+    reduce_labels: bool | None = None  # semantic maps with 0 = "other" (ADE20K); default: the processor's setting
+    test_size: tuple[int, int] | None = None  # evaluation resize (shortest edge, longest edge)
+    num_workers: int = 0
+    # Optimisation (None: the preset's official recipe)
+    max_steps: int | None = None
+    learning_rate: float | None = None
+    batch_size: int = 2  # per process (the official recipe's `Protocol.batch_size` is the total over all processes)
+    gradient_accumulation_steps: int = 1
+    weight_decay: float | None = None
+    backbone_lr_multiplier: float | None = None
+    clip_grad_norm: float | None = None  # full-model gradient clipping (0: off)
+    warmup_steps: int | None = None
+    mixed_precision: str | None = None  # "no", "fp16" or "bf16"
+    seed: int = 0
+    # After the last step, recompute BatchNorm running statistics over this many batches of training images prepared
+    # as for evaluation (`recompute_batch_norm`). 0 keeps the running averages of the last steps, as officially.
+    precise_bn_batches: int = 0
+    # Run
+    save_every: int = 1000
+    keep_checkpoints: int = 2
+    eval_every: int = 5000
+    resume: str | None = None  # "latest" or a checkpoint folder
+    report_to: str | None = None  # accelerate tracker, e.g. "tensorboard"
+    push_to_hub: str | None = None  # Hub repository to upload the final model to, with its card and curves
+
+    def __post_init__(self):
+        if self.preset is not None:
+            get_preset(self.preset)  # a clear error for an unknown name
+        elif self.model_name_or_path is None:
+            raise ValueError("Set a preset (the model and its official recipe) or model_name_or_path.")
+        check_task(self.task)
+        if self.dataset not in ("cityscapes", "ade20k", "hub"):
+            raise ValueError(f"Unknown dataset {self.dataset!r}: use 'cityscapes', 'ade20k' or 'hub'.")
+        if self.batch_size < 2:
+            raise ValueError(
+                "batch_size 1 cannot train PEM: its pixel decoder applies BatchNorm to 1x1 pooled maps, which needs "
+                "at least 2 images per process. Use a batch size of 2 or more (with gradient_accumulation_steps to "
+                "keep memory low)."
+            )
+        if self.id2label is not None:
+            self.id2label = {int(index): name for index, name in self.id2label.items()}
+
+    def recipe(self) -> dict:
+        """The optimisation settings: those set here, the others from the preset's official recipe (a short
+        fine-tuning schedule without a preset)."""
+        preset = get_preset(self.preset) if self.preset is not None else None
+        shared = preset.protocol if preset is not None else Protocol  # the class holds the settings all configs share
+        recipe = {name: getattr(shared, name) for name in _SHARED_RECIPE}
+        # The cosine schedule ends at the official fraction of the learning rate, also when the rate is set here.
+        if preset is not None:
+            recipe.update(
+                learning_rate=preset.protocol.learning_rate,
+                end_learning_rate_ratio=preset.protocol.end_learning_rate / preset.protocol.learning_rate,
+                max_steps=preset.training_steps,
+            )
+        else:
+            recipe.update(
+                learning_rate=_FINE_TUNING_LEARNING_RATE, end_learning_rate_ratio=0.0, max_steps=_FINE_TUNING_STEPS
+            )
+        recipe.update({name: getattr(self, name) for name in recipe if getattr(self, name, None) is not None})
+        return recipe

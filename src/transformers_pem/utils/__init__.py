@@ -1,0 +1,1 @@
+"""Helpers of the applications: optional dependencies (`extras`), output paths checked before work (`paths`)."""

@@ -1,0 +1,3 @@
+"""Pictures of PEM results: colour overlays with a legend (`segmentation`) and the prototypes PEM-CA selects
+(`prototypes`).
+"""
