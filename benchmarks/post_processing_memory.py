@@ -1,7 +1,7 @@
 """Peak memory and time of the three post-processings for one very large output (default: a 6000x8000 photo,
 100 queries, 19 classes), each in a fresh process.
 
-Two kinds of model outputs: `trained` (`benchmark.confident_outputs`: confident classes, sharp masks, so most pixels
+Two kinds of model outputs: `trained` (`workloads.confident_outputs`: confident classes, sharp masks, so most pixels
 are decided at mask resolution) and `undecided` (the same classes with nearly flat masks, as from a barely trained
 model: no pixel can be decided at mask resolution, so the fallbacks run). The processed size is what the Cityscapes
 processor gives such a photo (shortest edge 1024, padded to a multiple of 32). Peak memory is the peak resident set
@@ -21,7 +21,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import _PeakMemory, _reset_peak_rss, confident_outputs, write_report  # noqa: E402
+from benchmark.memory import PeakMemory, reset_peak_rss  # noqa: E402
+from benchmark.report import write_report  # noqa: E402
+from benchmark.workloads import confident_outputs  # noqa: E402
 
 from transformers_pem import PEMImageProcessor  # noqa: E402
 from transformers_pem.configuration_pem import MASK_STRIDE  # noqa: E402
@@ -47,7 +49,7 @@ def measure(task: str, kind: str, target_size: tuple, num_queries: int, num_labe
     pixel_mask[:, : valid[0], : valid[1]] = 1
     processor = PEMImageProcessor.from_preset("pem-stdc1-cityscapes-panoptic")
     post_process = getattr(processor, f"post_process_{task}_segmentation")
-    tracker = _PeakMemory(torch.device("cpu"))
+    tracker = PeakMemory(torch.device("cpu"))
     start = time.perf_counter()
     with tracker.measure():
         result = post_process(outputs, target_sizes=[target_size], pixel_mask=pixel_mask)[0]
@@ -70,7 +72,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--output-dir", type=Path, default=None)
     args = parser.parse_args(argv)
-    if not _reset_peak_rss():
+    if not reset_peak_rss():
         parser.error("peak memory needs Linux's /proc/self/clear_refs.")
     rows = []
     for kind in KINDS:

@@ -18,7 +18,8 @@ import PIL.Image
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchmark import _PeakMemory, write_report  # noqa: E402
+from benchmark.memory import PeakMemory  # noqa: E402
+from benchmark.report import write_report  # noqa: E402
 
 from transformers_pem import (  # noqa: E402
     PEMConfig,
@@ -55,7 +56,7 @@ def measure(part: str, float_masks: bool, instances: int) -> dict:
     processor = PEMImageProcessor.from_preset(PRESET, model_config=config)
     transform = PEMSegmentationTransform(processor, "panoptic", official_train_augmentation("cityscapes", "panoptic"))
     examples = [many_instances_example(seed, instances) for seed in (0, 1)]
-    tracker = _PeakMemory(torch.device("cpu"))
+    tracker = PeakMemory(torch.device("cpu"))
 
     def batch() -> dict:
         inputs = collate_fn([transform(example, seed=index) for index, example in enumerate(examples)])

@@ -1,4 +1,4 @@
-"""Tests of the benchmark (benchmarks/benchmark.py): the structure and consistency of its results on tiny models,
+"""Tests of the benchmark (`benchmarks/benchmark/`): the structure and consistency of its results on tiny models,
 its MAC counts against hand-computed values, its peak-memory measurement, and its command line. No timing
 assertions."""
 
@@ -21,18 +21,13 @@ from transformers import (
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from benchmark import (  # noqa: E402
-    MAC_HANDLES,
-    MODELS,
-    RESNET_STAGES,
-    ModelSpec,
-    Scenario,
-    _PeakMemory,
-    format_markdown,
-    main,
-    run_benchmark,
-    synthetic_targets,
-)
+from benchmark.cli import main  # noqa: E402
+from benchmark.complexity import MAC_HANDLES  # noqa: E402
+from benchmark.memory import PeakMemory  # noqa: E402
+from benchmark.models import MODELS, RESNET_STAGES, ModelSpec, Scenario  # noqa: E402
+from benchmark.report import format_markdown  # noqa: E402
+from benchmark.run import run_benchmark  # noqa: E402
+from benchmark.workloads import synthetic_targets  # noqa: E402
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor  # noqa: E402
 
@@ -276,7 +271,7 @@ def test_mac_handles():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM reset is Linux-only")
 def test_peak_memory_tracker_sees_an_allocation_and_resets():
-    tracker = _PeakMemory(torch.device("cpu"))
+    tracker = PeakMemory(torch.device("cpu"))
     with tracker.measure():
         tensor = torch.ones(64 * 2**20)  # 256 MB, written
         del tensor

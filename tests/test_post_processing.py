@@ -601,7 +601,7 @@ def test_overlay_accepts_pil_images():
 # ---------------------------------------------------------------------------------------------------------------------
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from benchmark import confident_outputs  # noqa: E402
+from benchmark.workloads import confident_outputs  # noqa: E402
 
 
 def full_resolution(monkeypatch):

@@ -107,12 +107,12 @@ def run_delegated(name: str, argv: list[str]) -> None:
     module_name = DELEGATED[name][0]
     if module_name is None:  # the benchmark is tooling outside the package, beside its results
         benchmarks = Path(__file__).resolve().parents[3] / "benchmarks"
-        if not (benchmarks / "benchmark.py").is_file():
+        if not (benchmarks / "benchmark" / "cli.py").is_file():
             raise ValueError(
-                "pem benchmark runs from a clone of the transformers-pem repository (benchmarks/benchmark.py)."
+                "pem benchmark runs from a clone of the transformers-pem repository (benchmarks/benchmark/)."
             )
         sys.path.insert(0, str(benchmarks))
-        module_name = "benchmark"
+        module_name = "benchmark.cli"
     importlib.import_module(module_name).main(argv)
 
 
