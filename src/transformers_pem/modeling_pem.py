@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.models.auto import modeling_auto
@@ -531,13 +532,16 @@ def fold_batch_norm(model: nn.Module) -> int:
     transformers ResNet backbones and `nn.Sequential` conv/BN pairs. Returns the number of folded layers."""
 
     def fold(conv: nn.Module, norm: nn.BatchNorm2d) -> None:
-        scale = norm.weight / torch.sqrt(norm.running_var + norm.eps)
-        shift = norm.bias - norm.running_mean * scale
-        shape = [1] * conv.weight.ndim
-        shape[1 if isinstance(conv, nn.ConvTranspose2d) else 0] = -1
-        conv.weight.copy_(conv.weight * scale.view(shape))
-        bias = shift if conv.bias is None else conv.bias * scale + shift
-        conv.bias = nn.Parameter(bias)
+        conv.weight, conv.bias = fuse_conv_bn_weights(
+            conv.weight,
+            conv.bias,
+            norm.running_mean,
+            norm.running_var,
+            norm.eps,
+            norm.weight,
+            norm.bias,
+            transpose=isinstance(conv, nn.ConvTranspose2d),
+        )
 
     folded = 0
     for module in list(model.modules()):
