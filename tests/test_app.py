@@ -21,18 +21,18 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import WebDriverWait
-from tiny_configs import save_confident_cityscapes_checkpoint
 
 from transformers_pem.app.web import Segmenter
+
+# A real browser: run by `make test`, left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    save_confident_cityscapes_checkpoint(directory, shortest_edge=96)
-    return directory
+def checkpoint(confident_checkpoint):
+    return confident_checkpoint(shortest_edge=96)[0]
 
 
 def free_port() -> int:

@@ -10,7 +10,6 @@ import av
 import numpy as np
 import PIL.Image
 import pytest
-from tiny_configs import save_confident_cityscapes_checkpoint
 
 from transformers_pem import predict
 from transformers_pem.cli.main import main
@@ -21,9 +20,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("checkpoint")
-    return (directory, *save_confident_cityscapes_checkpoint(directory, shortest_edge=64))
+def checkpoint(confident_checkpoint):
+    return confident_checkpoint(shortest_edge=64)
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +53,7 @@ def run_pem(*arguments: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_console_script_and_help():
     assert (Path(sys.executable).parent / "pem").is_file()  # [project.scripts]
     completed = run_pem("--help")
@@ -107,6 +106,7 @@ def test_predict_writes_every_output_of_every_source(checkpoint, sources, tmp_pa
         assert len([i for i in instances if i["image_id"] == "image0"]) == len(segments)
 
 
+@pytest.mark.slow
 def test_predict_a_glob_and_a_single_video(checkpoint, sources, tmp_path):
     directory, _, _ = checkpoint
     completed = run_pem("predict", str(sources / "image*.png"), f"--model={directory}", f"--out={tmp_path / 'a'}")
@@ -117,6 +117,7 @@ def test_predict_a_glob_and_a_single_video(checkpoint, sources, tmp_path):
     assert len(list((tmp_path / "b" / "overlays").iterdir())) == 3
 
 
+@pytest.mark.slow
 def test_exit_codes_and_one_line_errors(checkpoint, sources, tmp_path):
     directory, _, _ = checkpoint
     missing_model = run_pem("predict", str(sources), f"--model={tmp_path / 'nothing'}")

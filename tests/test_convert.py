@@ -1,4 +1,4 @@
-"""Tests of the official-checkpoint converter (conversion_pem, checkpoint_io_pem, pem convert).
+"""Tests of the official-checkpoint converter (conversion.convert, conversion.checkpoint_io, pem convert).
 
 Fixtures: tests/fixtures/convert (the official yaml configs and the key/shape manifests of the 12 official full-size
 models, see its README) and tests/fixtures/parity (official state dicts and outputs of tiny models, made by the
@@ -551,6 +551,7 @@ def test_cli_converts_official_stdc1_checkpoint(tmp_path):
     check_official_predictions("stdc1_tiny_semantic", *predictions(model, pixel_values))
 
 
+@pytest.mark.slow
 def test_conversion_script_converts_official_stdc2_checkpoint(tmp_path):
     """Parity case 2 (STDC2; saved without aliases) through scripts/convert_pem_original_to_hf.py, in a new process."""
     config_dir = save_custom_config(tmp_path / "config", tiny_stdc_config("stdc2"), "pem-stdc1-cityscapes-panoptic")

@@ -46,13 +46,13 @@ CS_THING_LABEL_IDS = {label_id for _, _, isthing, label_id in CITYSCAPES_LABELS 
 
 
 @pytest.fixture(scope="module")
-def cityscapes_root(tmp_path_factory) -> Path:
-    return generate_cityscapes(tmp_path_factory.mktemp("cityscapes"), num_train=5, num_val=2, size=(64, 128), seed=3)
+def cityscapes_root(synthetic_cityscapes) -> Path:
+    return synthetic_cityscapes(num_train=5, num_val=2, size=(64, 128), seed=3)
 
 
 @pytest.fixture(scope="module")
-def ade20k_root(tmp_path_factory) -> Path:
-    return generate_ade20k(tmp_path_factory.mktemp("ade20k"), num_train=6, num_val=2, size=(64, 80), seed=3)
+def ade20k_root(synthetic_ade20k) -> Path:
+    return synthetic_ade20k(num_train=6, num_val=2, size=(64, 80), seed=3)
 
 
 def _array(path) -> np.ndarray:

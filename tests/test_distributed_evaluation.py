@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 from tiny_configs import save_confident_cityscapes_checkpoint
 
-from transformers_pem.data.synthetic import generate_cityscapes
+# Several processes (torchrun): run by `make test`, left out by `pytest -m "not slow"`.
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531"]
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return generate_cityscapes(tmp_path_factory.mktemp("data"), num_train=0, num_val=5, size=(64, 128), seed=5)
+def data(synthetic_cityscapes) -> Path:
+    return synthetic_cityscapes(num_train=0, num_val=5, size=(64, 128), seed=5)
 
 
 def run(command: list[str]) -> str:

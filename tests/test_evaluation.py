@@ -1,4 +1,4 @@
-"""Evaluation loop, TTA, sliding windows, batching, export formats and the command line (`evaluation_pem`).
+"""Evaluation loop, TTA, sliding windows, batching, export formats and the command line (`evaluation.evaluate`).
 
 Predictions are checked against independent computations written here from the official inference (model forward
 + `sum_q softmax(class_q)[:-1] * sigmoid(mask_q)`, bilinear resizes); metrics against ground-truth "oracle" and
@@ -33,7 +33,6 @@ from torch.nn import functional as F
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, STDCConfig
 from transformers_pem.cli.evaluate import main
 from transformers_pem.data.loaders import load_ade20k, load_cityscapes, load_evaluation_dataset, segment_ids_from_image
-from transformers_pem.data.synthetic import generate_ade20k, generate_cityscapes
 from transformers_pem.evaluation.evaluate import evaluate_model, format_results_table
 from transformers_pem.image_processing_pem import PEMImageProcessor
 from transformers_pem.inference.predictor import official_crop_size, official_tta_settings, predict
@@ -88,14 +87,14 @@ def cityscapes_processor(task: str = "semantic", height: int = CITYSCAPES_SIZE[0
 
 
 @pytest.fixture(scope="module")
-def cityscapes_root(tmp_path_factory) -> Path:
-    return generate_cityscapes(tmp_path_factory.mktemp("cityscapes"), num_train=0, num_val=3, size=CITYSCAPES_SIZE)
+def cityscapes_root(synthetic_cityscapes) -> Path:
+    return synthetic_cityscapes(num_train=0, num_val=3, size=CITYSCAPES_SIZE)
 
 
 @pytest.fixture(scope="module")
-def ade20k_root(tmp_path_factory) -> Path:
+def ade20k_root(synthetic_ade20k) -> Path:
     # widths vary around 64 (48..80), heights are 48: mixed padded sizes (64 or 96 wide) and valid sizes
-    return generate_ade20k(tmp_path_factory.mktemp("ade20k"), num_train=0, num_val=4, size=(48, 64), seed=3)
+    return synthetic_ade20k(num_train=0, num_val=4, size=(48, 64), seed=3)
 
 
 def rgb_image(seed: int, height: int, width: int) -> PIL.Image.Image:
@@ -596,6 +595,7 @@ def test_command_line(tiny_model, cityscapes_root, tmp_path, capsys):
     assert set(written["metrics"]) >= {"mIoU", "mAcc", "pAcc", "IoU-road"}
 
 
+@pytest.mark.slow
 def test_evaluation_entry_points_run_from_the_scripts_folder():
     # Run from scripts/ (first on the import path of every script there), the metrics must still import the
     # `evaluate` library: no module of ours is named like it.

@@ -210,6 +210,7 @@ def trained_export(tmp_path_factory):
     return checkpoint, output, images
 
 
+@pytest.mark.slow
 def test_export_directory_is_self_describing(trained_export):
     checkpoint, output, _ = trained_export
     assert {ONNX_FILE, INT8_FILE, "config.json", "preprocessor_config.json"} <= {p.name for p in output.iterdir()}
@@ -221,6 +222,7 @@ def test_export_directory_is_self_describing(trained_export):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("subtask", ["semantic", "panoptic", "instance"])
 def test_pipeline_on_onnx_model_gives_the_eager_segments(trained_export, subtask):
     checkpoint, output, images = trained_export
@@ -244,6 +246,7 @@ def test_pipeline_on_onnx_model_gives_the_eager_segments(trained_export, subtask
     assert found >= len(images)
 
 
+@pytest.mark.slow
 def test_int8_model_agrees_with_fp32_on_most_pixels(trained_export):
     _, output, images = trained_export
     processor = PEMImageProcessor.from_pretrained(output)
@@ -284,6 +287,7 @@ def test_dynamic_int8_without_calibration_data(tmp_path):
     assert torch.equal(fp32.class_queries_logits.argmax(-1), int8.class_queries_logits.argmax(-1))
 
 
+@pytest.mark.slow
 def test_calibration_images_from_a_folder_and_a_saved_dataset(trained_export, tmp_path):
     """Calibration reads the images of a folder (recursively, name order) or the image column of a saved `datasets`
     split, up to the number asked for."""
@@ -338,6 +342,7 @@ def test_export_of_a_missing_checkpoint_or_into_a_file(tmp_path, capsys):
         export(tmp_path / "missing", tmp_path / "out", quantize="int4")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "empty", "foreign", "missing"])
 def test_runtime_refuses_a_damaged_or_foreign_graph(exported_dir, tmp_path, damage):
     directory = tmp_path / damage
@@ -363,6 +368,7 @@ def test_runtime_refuses_a_damaged_or_foreign_graph(exported_dir, tmp_path, dama
         PEMOnnxModel.from_pretrained(directory)
 
 
+@pytest.mark.slow
 def test_runtime_needs_the_pem_config_and_loads_an_older_one(exported_dir, tmp_path):
     (tmp_path / ONNX_FILE).symlink_to(exported_dir / ONNX_FILE)
     with pytest.raises(ValueError, match="has no config.json"):
@@ -378,6 +384,7 @@ def test_runtime_needs_the_pem_config_and_loads_an_older_one(exported_dir, tmp_p
     assert model.config.id2label == {int(k): v for k, v in config["id2label"].items()}
 
 
+@pytest.mark.slow
 def test_runtime_model_errors(exported_dir):
     model = PEMOnnxModel.from_pretrained(exported_dir)
     with pytest.raises(ValueError, match="multiples of 32, got 70x98"):

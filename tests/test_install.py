@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -100,6 +101,7 @@ LEAN_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_lean_install_runs_every_preset_and_the_pipeline(tmp_path):
     site = lean_site(tmp_path / "site")
     environment = {

@@ -1,5 +1,5 @@
 """Tests of the PEM training criterion against the official criterion's reference outputs
-(`tests/fixtures/criterion`, see /work/shared/parity/README.md §6) and against independent brute-force references."""
+(`tests/fixtures/criterion`, described by its meta.json) and against independent brute-force references."""
 
 import itertools
 import json

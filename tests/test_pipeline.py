@@ -237,6 +237,7 @@ def test_trust_remote_code_in_a_fresh_process(checkpoint, tmp_path):
     assert result["mask_sums"] == [int((expected["segmentation"] == s["id"]).sum()) for s in expected["segments_info"]]
 
 
+@pytest.mark.slow
 def test_inference_notebook_runs_offline(checkpoint, tmp_path, monkeypatch):
     nbclient = pytest.importorskip("nbclient")
     nbformat = pytest.importorskip("nbformat")

@@ -148,7 +148,7 @@ def random_outputs(seed, batch_size=2, num_queries=6, num_labels=5, mask_size=(8
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Official reference outputs (/work/shared/parity README §3, §4.1; tolerances §10)
+# Official reference outputs (tests/fixtures/postprocess/make_fixtures.py says which)
 # ---------------------------------------------------------------------------------------------------------------------
 
 

@@ -21,12 +21,11 @@ from transformers_pem import (
     load_cityscapes,
     official_train_augmentation,
 )
-from transformers_pem.data.synthetic import generate_cityscapes
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    return generate_cityscapes(tmp_path_factory.mktemp("data"), num_train=4, num_val=3, size=(64, 128), seed=3)
+def data_root(synthetic_cityscapes):
+    return synthetic_cityscapes(num_train=4, num_val=3, size=(64, 128), seed=3)
 
 
 @pytest.mark.parametrize("task", ["semantic", "panoptic", "instance"])

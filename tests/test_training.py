@@ -21,7 +21,6 @@ from tiny_configs import TINY_DECODER
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 from transformers_pem.cli import main as cli
 from transformers_pem.data.loaders import load_cityscapes
-from transformers_pem.data.synthetic import generate_cityscapes
 from transformers_pem.training.batch_norm import recompute_batch_norm
 from transformers_pem.training.checkpoints import latest_checkpoint
 from transformers_pem.training.config import TrainingConfig
@@ -39,8 +38,8 @@ TINY = {
 
 
 @pytest.fixture(scope="module")
-def cityscapes_root(tmp_path_factory) -> Path:
-    return generate_cityscapes(tmp_path_factory.mktemp("data"), num_train=6, num_val=2, size=(64, 128), seed=1)
+def cityscapes_root(synthetic_cityscapes) -> Path:
+    return synthetic_cityscapes(num_train=6, num_val=2, size=(64, 128), seed=1)
 
 
 def train_command(data_root: Path, output_dir: Path, *extra: str) -> list[str]:
@@ -235,6 +234,7 @@ def test_recompute_batch_norm_averages_evaluation_inputs(cityscapes_root):
         torch.testing.assert_close(module.running_var, expected_var, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
     run(train_command(cityscapes_root, tmp_path, "--freeze-backbone-batch-norm"))
     assert final_state(tmp_path)["step"] == 6
@@ -260,6 +260,7 @@ def _complete(path: Path) -> bool:
     return (path / "trainer_state.json").exists()
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tmp_path):
     """A soak of kill points (SIGKILL): during a checkpoint write, between steps after a checkpoint, and during the
     final save; each run resumes from what the last one left, and the end result is bit-identical."""
@@ -296,6 +297,7 @@ def test_killed_runs_resume_to_the_same_weights(cityscapes_root, tmp_path):
     assert (interrupted / "scalars.jsonl").read_text() == (uninterrupted / "scalars.jsonl").read_text()
 
 
+@pytest.mark.slow
 def test_resume_falls_back_to_the_newest_intact_checkpoint(cityscapes_root, tmp_path):
     uninterrupted, damaged = tmp_path / "uninterrupted", tmp_path / "damaged"
     run(train_command(cityscapes_root, uninterrupted))
@@ -310,6 +312,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(cityscapes_root, tmp_
     assert final_state(damaged)["weights_sha256"] == final_state(uninterrupted)["weights_sha256"]
 
 
+@pytest.mark.slow
 def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):
     """Two CPU processes: identical replicas, and the evaluation spread over both (process 0's BatchNorm statistics)
     equals one process's evaluation of the saved model."""
@@ -328,6 +331,7 @@ def test_two_processes_keep_identical_replicas(cityscapes_root, tmp_path):
     assert state["eval"] == {key: expected[key] for key in ("mIoU", "mAcc", "pAcc")}
 
 
+@pytest.mark.slow
 def test_finetune_notebook_runs_on_a_custom_folder(tmp_path, monkeypatch):
     """notebooks/finetune.ipynb, executed offline on its synthetic folder dataset with a tiny model."""
     import nbformat

@@ -66,8 +66,8 @@ class ModelSpec:
     # Inference optimisation (optimised models are not trained): None, the default (inference runs a BatchNorm-folded
     # copy); "unfolded", `fold_for_inference = False` (the model as trained); "compiled", `fold_batch_norm()`, then
     # `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused);
-    # "onnx", exported (`export_pem.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that graph with
-    # static int8 quantization (QDQ, per-channel weights) calibrated on random inputs.
+    # "onnx", exported (`deploy.onnx_export.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that
+    # graph with static int8 quantization (QDQ, per-channel weights) calibrated on random inputs.
     optimization: str | None = None
     # The eager, unoptimised model of the same architecture whose outputs the optimised one is compared with.
     baseline: str | None = None

@@ -57,6 +57,7 @@ _LAZY_ATTRIBUTES = {
     "AugmentedSegmentationDataset": "data.augmentation",
     "collate_fn": "data.augmentation",
     "TrainingConfig": "training.config",
+    "plot_training_curves": "training.scalars",
     "train": "training.loop",
     "evaluate_model": "evaluation.evaluate",
     "format_results_table": "evaluation.evaluate",

@@ -62,7 +62,8 @@ class PEMModelOutput(ModelOutput):
         The token each head of each query selected as its prototype in PEM-CA, per decoder layer: tensors of shape
         `(batch_size, num_attention_heads, num_queries)`, indices into the flattened (row-major) pixel-decoder level
         the layer attends to (layer `i`: stride `32 / 2 ** (i % 3)` of the padded input). Returned with
-        `output_prototype_indices=True`; `visualization_pem.prototype_locations` turns them into pixel positions.
+        `output_prototype_indices=True`; `visualization.prototypes.prototype_locations` turns them into pixel
+        positions.
     """
 
     encoder_last_hidden_state: torch.FloatTensor | None = None
@@ -120,7 +121,7 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
 
 # The image-segmentation pipeline checks the model class against transformers' static name tables only (not the Auto
 # registrations) and logs an error for any other class. Listed there, PEM and its ONNX Runtime model
-# (`modeling_onnx_pem`) pass, also under trust_remote_code (this module is then the checkpoint's own copy); the lazy
+# (`deploy.onnx_model`) pass, also under trust_remote_code (this module is then the checkpoint's own copy); the lazy
 # Auto mappings never import a model type that is missing from transformers' own config table, so nothing else reads
 # the entry.
 modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES.setdefault(
@@ -421,7 +422,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             Return the predictions of the learnable queries and of every decoder layer but the last.
         output_prototype_indices (`bool`, *optional*, defaults to `False`):
             Return the prototype token each head of each query selected in every decoder layer (see
-            [`PEMModelOutput`]; `visualization_pem.draw_prototypes` draws them).
+            [`PEMModelOutput`]; `visualization.prototypes.draw_prototypes` draws them).
 
         Example:
 

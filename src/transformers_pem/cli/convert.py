@@ -1,5 +1,5 @@
 """`pem convert`: convert an official PEM checkpoint, or build a PEM with ImageNet backbone
-weights (see `conversion_pem`)."""
+weights (see `conversion.convert`)."""
 
 import argparse
 import logging

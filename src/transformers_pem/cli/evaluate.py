@@ -1,5 +1,5 @@
 """`python -m transformers_pem.cli.evaluate CHECKPOINT --dataset ...`: the paper's metrics of a PEM checkpoint
-as a markdown table and JSON (see `evaluation_pem`)."""
+as a markdown table and JSON (see `evaluation.evaluate`)."""
 
 import argparse
 import json
@@ -197,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "images_per_second": len(dataset) / seconds,
         "metrics": metrics,
     }
-    from accelerate import PartialState  # installed with evaluation_pem's extra
+    from accelerate import PartialState  # installed with the eval extra
 
     # Every process has the results (evaluated over all processes); one reports them.
     if not PartialState(cpu=not torch.cuda.is_available()).is_main_process:

@@ -1,5 +1,6 @@
 """`pem export CHECKPOINT --output DIR`: a checkpoint as a self-describing ONNX directory
-(`model.onnx`, `config.json`, `preprocessor_config.json`), optionally with its int8 version (see `export_pem`)."""
+(`model.onnx`, `config.json`, `preprocessor_config.json`), optionally with its int8 version (see
+`deploy.onnx_export`)."""
 
 import argparse
 from collections.abc import Sequence

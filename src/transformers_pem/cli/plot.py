@@ -1,5 +1,5 @@
 """`pem plot RUN_DIR`: draw a training run's curves from its
-`scalars.jsonl` to `curves.png` (see `visualization_pem.plot_training_curves`)."""
+`scalars.jsonl` to `curves.png` (see `training.scalars.plot_training_curves`)."""
 
 import argparse
 from collections.abc import Sequence

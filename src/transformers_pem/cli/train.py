@@ -1,5 +1,5 @@
 """`python -m transformers_pem.cli.train ...` (also `scripts/train.py`, under `accelerate launch` or `torchrun`
-too): fine-tune PEM; the options build a `TrainingConfig` (see `training_pem`)."""
+too): fine-tune PEM; the options build a `TrainingConfig` (see `training.loop`)."""
 
 import argparse
 import dataclasses

@@ -11,7 +11,7 @@ Command line: `pem convert` (also `scripts/convert_pem_original_to_hf.py`):
     pem convert --backbone-weights STDCNet813M_73.91.tar \
         --config pem-stdc1-cityscapes-semantic --output-dir pem-stdc1-cityscapes-init
 
-The weights are read by `checkpoint_io_pem` (no code from a checkpoint ever runs); the yaml files with
+The weights are read by `conversion.checkpoint_io` (no code from a checkpoint ever runs); the yaml files with
 `yaml.SafeLoader` (their one Python expression is recognised and computed, never evaluated).
 """
 

@@ -7,7 +7,7 @@ A training data pipeline in a few lines:
 ```python
 >>> from torch.utils.data import DataLoader
 >>> from transformers_pem import PEMImageProcessor, load_cityscapes
->>> from transformers_pem.augmentation_pem import (
+>>> from transformers_pem.data.augmentation import (
 ...     AugmentedSegmentationDataset, PEMSegmentationTransform, collate_fn, official_train_augmentation,
 ... )
 >>> train = load_cityscapes("data/cityscapes", split="train", task="panoptic")

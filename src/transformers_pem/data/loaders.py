@@ -1,7 +1,7 @@
 """
 Segmentation data for PEM: `datasets` loaders for Cityscapes, ADE20K and any image/annotation dataset, and the
 decoding of their targets (segment ids, `segments_info`, evaluation references). The training augmentations are in
-`augmentation_pem`.
+`data.augmentation`.
 
 ```python
 >>> from transformers_pem import load_cityscapes

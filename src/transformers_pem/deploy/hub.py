@@ -1,5 +1,5 @@
 """Hub publication: model cards (with `model-index` results that the Hub shows and parses) and the upload of a
-`save_pretrained` folder, for converted checkpoints (`conversion_pem`), trained ones (`train(push_to_hub=...)`) and
+`save_pretrained` folder, for converted checkpoints (`conversion.convert`), trained ones (`train(push_to_hub=...)`) and
 evaluated ones (`pem evaluate --push-to-hub`)."""
 
 import os

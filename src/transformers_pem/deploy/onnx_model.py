@@ -1,4 +1,4 @@
-"""PEM on ONNX Runtime: an exported graph (`export_pem`) behind the interface of `PEMForUniversalSegmentation`.
+"""PEM on ONNX Runtime: an exported graph (`deploy.onnx_export`) behind the interface of `PEMForUniversalSegmentation`.
 
 `PEMOnnxModel(pixel_values)` returns a `PEMForUniversalSegmentationOutput` with torch tensors, so the processor's
 post-processing, `transformers_pem.predict` / `evaluate_model` and `pipeline("image-segmentation", model=...,
@@ -27,7 +27,7 @@ class PEMOnnxModel(nn.Module):
     """An exported PEM graph run by an ONNX Runtime `InferenceSession`.
 
     Args:
-        session (`onnxruntime.InferenceSession`): the session of a graph written by `export_pem.export_onnx`.
+        session (`onnxruntime.InferenceSession`): the session of a graph written by `deploy.onnx_export.export_onnx`.
         config ([`PEMConfig`]): the model's config (labels, thing classes), saved next to the graph.
     """
 

@@ -18,13 +18,15 @@ inference, and prediction export in the official submission formats.
 Command line: `python -m transformers_pem.cli.evaluate CHECKPOINT --dataset cityscapes --data-root DIR --task
 semantic` (also `python scripts/evaluate_checkpoint.py ...`); see `--help`.
 
-Predictions come from [`predict`] (`inference_pem`: single scale, test-time augmentation, sliding windows, batches).
+Predictions come from [`predict`] (`inference.predictor`: single scale, test-time augmentation, sliding windows,
+batches).
 
 Metrics are percentages, as in the paper and detectron2's evaluators (NaN for classes without any evaluated pixel
 or segment): semantic `mIoU`, `mAcc`, `pAcc`, `IoU-<class>`; panoptic `PQ`, `SQ`, `RQ`, `PQ_th`, `SQ_th`, `RQ_th`,
 `PQ_st`, `SQ_st`, `RQ_st`, `PQ-<class>` and the semantic metrics of the same model (the official panoptic configs
 also report mIoU); instance `AP`, `AP50`, `AP75`, `APs`, `APm`, `APl`, `AP-<class>`. They are computed by
-[`~metrics_pem.MeanIoU`], [`~metrics_pem.PanopticQuality`] and [`~metrics_pem.MaskAP`], equal to the official scorers.
+[`~evaluation.metrics.MeanIoU`], [`~evaluation.metrics.PanopticQuality`] and [`~evaluation.metrics.MaskAP`], equal
+to the official scorers.
 """
 
 import math
@@ -120,7 +122,7 @@ def evaluate_model(
         processor ([`PEMImageProcessor`]):
             Pre- and post-processing; `PEMImageProcessor.from_preset(...)` gives the official test settings.
         dataset (`datasets.Dataset` or a sequence of dicts):
-            Examples with an `image` and the task's target, as the loaders of `datasets_pem` return them: `semantic`
+            Examples with an `image` and the task's target, as the loaders of `data.loaders` return them: `semantic`
             (class ids, 255 = ignored); or `panoptic` / `instance` (segment ids, RGB-encoded or single-channel) with
             `segments_info` (`{"id", "category_id", "iscrowd"}`, `category_id` = class index). For the panoptic
             task, the mIoU uses the `semantic` column if there is one, else the classes of the panoptic segments.
@@ -161,7 +163,7 @@ def evaluate_model(
     if not set(required) <= columns:
         raise ValueError(
             f"The {task} task needs the columns {required}; the dataset has {sorted(columns)}. Load it with the "
-            f"datasets_pem loaders (task={task!r}) or rename its columns."
+            f"data.loaders loaders (task={task!r}) or rename its columns."
         )
     if task == "instance" and (scales is not None or flip or sliding_window is not None):
         raise ValueError(

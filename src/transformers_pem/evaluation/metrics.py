@@ -13,7 +13,8 @@ The numbers equal the official scorers: the Hub's `mean_iou` and `cityscapesscri
 evalPixelLevelSemanticLabeling` (mean IoU), `cityscapesscripts.evaluation.evalPanopticSemanticLabeling` and
 `panopticapi` (PQ), and `pycocotools.cocoeval.COCOeval` (mask AP).
 
-Every metric can also be loaded with `evaluate.load` from the small scripts in `transformers_pem/metric_scripts/`.
+Every metric can also be loaded with `evaluate.load` from the small scripts in
+`transformers_pem/evaluation/metric_scripts/`.
 """
 
 import contextlib

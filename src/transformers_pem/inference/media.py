@@ -5,7 +5,7 @@ For every image (or video frame) it writes a colour overlay with a legend, the l
 results) and one JSON of segments. Unreadable files are skipped with a warning and counted; nothing else is lost.
 
 ```python
->>> from transformers_pem.media_pem import segment_files
+>>> from transformers_pem.inference.media import segment_files
 >>> summary = segment_files("checkpoints/pem-stdc1-cityscapes", "street/*.jpg", "predictions", task="panoptic")
 ```
 """

@@ -1,5 +1,5 @@
-"""`evaluate.load("<this folder>")`: the streaming instance mask AP metric of `transformers_pem.metrics_pem`."""
+"""`evaluate.load("<this folder>")`: the streaming instance mask AP metric of `transformers_pem.evaluation.metrics`."""
 
-from ...metrics import MaskAP
+from transformers_pem.evaluation.metrics import MaskAP
 
 __all__ = ["MaskAP"]

@@ -1,5 +1,5 @@
-"""`evaluate.load("<this folder>")`: the streaming mean IoU metric of `transformers_pem.metrics_pem`."""
+"""`evaluate.load("<this folder>")`: the streaming mean IoU metric of `transformers_pem.evaluation.metrics`."""
 
-from ...metrics import MeanIoU
+from transformers_pem.evaluation.metrics import MeanIoU
 
 __all__ = ["MeanIoU"]

@@ -1,5 +1,5 @@
-"""`evaluate.load("<this folder>")`: the streaming panoptic quality metric of `transformers_pem.metrics_pem`."""
+"""`evaluate.load("<this folder>")`: the streaming panoptic quality metric of `transformers_pem.evaluation.metrics`."""
 
-from ...metrics import PanopticQuality
+from transformers_pem.evaluation.metrics import PanopticQuality
 
 __all__ = ["PanopticQuality"]
