@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 export HF_HUB_OFFLINE := 1
 
-.PHONY: demo demo-robustness test test-oldest lint benchmark clean
+.PHONY: demo demo-robustness test test-fast test-oldest lint benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ $(BROWSER):
 test: $(STAMP) $(BROWSER)
 	$(PY) -m ruff check src tests scripts benchmarks app.py
 	$(PY) -m pytest tests
+
+# The suite without the tests marked slow (tests/conftest.py says which kinds), for a quick loop while editing.
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
 
 # The Auto classes, pipeline and trust_remote_code tests against the oldest transformers the package declares.
 OLDEST := .venv-oldest

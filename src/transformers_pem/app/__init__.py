@@ -1,1 +1,3 @@
-"""The Gradio web app of a checkpoint (`pem app`, app.py on a Space)."""
+"""The applications a user runs on images: `pem predict` over files, folders, globs and videos (`files`), and the
+Gradio web app of a checkpoint (`web`: `pem app`, app.py on a Space).
+"""

@@ -13,12 +13,12 @@ import PIL.Image
 import torch
 
 from ..inference.allocator import tune_glibc_malloc
-from ..inference.media import segments_record
 from ..labels_pem import dataset_for
 from ..presets_pem import TASKS, check_task
 from ..utils.extras import require
 from ..visualization.prototypes import draw_prototypes, kept_queries
 from ..visualization.segmentation import draw_segmentation
+from .files import segments_record
 
 TABLE_HEADERS = ["label", "score", "area (pixels)"]
 

@@ -72,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    from ..inference.media import segment_files
+    from ..app.files import segment_files
 
     apply_allocator_argument(args)
     summary = segment_files(
@@ -94,7 +94,7 @@ def run_predict(args: argparse.Namespace) -> int:
 
 def run_app(args: argparse.Namespace) -> int:
     from ..app.web import build_app
-    from ..inference.media import IMAGE_SUFFIXES
+    from ..data.sources import IMAGE_SUFFIXES
 
     examples = None
     if args.examples:

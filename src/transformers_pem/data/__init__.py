@@ -1,4 +1,4 @@
-"""Data for training and evaluation: `datasets` loaders of Cityscapes, ADE20K and Hub datasets (`loaders`), the
-official training augmentation and collation (`augmentation`), synthetic datasets in the genuine layouts
-(`synthetic`).
+"""Data: `datasets` loaders of Cityscapes, ADE20K and Hub datasets (`loaders`), the official training augmentation
+and collation (`augmentation`), synthetic datasets in the genuine layouts (`synthetic`), and image and video sources
+(`sources`).
 """

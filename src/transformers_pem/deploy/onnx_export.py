@@ -160,7 +160,7 @@ def calibration_images(source: str | os.PathLike, num_images: int, split: str = 
     (a `save_to_disk` folder, a `.parquet` file, a Hub name; `split` selects the split)."""
     from PIL import Image
 
-    from ..inference.media import IMAGE_SUFFIXES, find_sources
+    from ..data.sources import IMAGE_SUFFIXES, find_sources
 
     path = Path(source)
     saved_dataset = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()

@@ -1,3 +1,3 @@
-"""Running PEM on images: `predict` (test-time augmentation, sliding windows, batches), mixed precision, the CPU
-allocator, and reading image and video files for `pem predict`.
+"""Running PEM on images: `predict` (test-time augmentation, sliding windows, batches; `predictor`), mixed precision
+(`precision`) and the CPU allocator (`allocator`).
 """

@@ -5,16 +5,14 @@ For every image (or video frame) it writes a colour overlay with a legend, the l
 results) and one JSON of segments. Unreadable files are skipped with a warning and counted; nothing else is lost.
 
 ```python
->>> from transformers_pem.inference.media import segment_files
+>>> from transformers_pem.app.files import segment_files
 >>> summary = segment_files("checkpoints/pem-stdc1-cityscapes", "street/*.jpg", "predictions", task="panoptic")
 ```
 """
 
-import glob
 import json
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,17 +21,14 @@ import PIL.Image
 import torch
 from tqdm.auto import tqdm
 
+from ..data.sources import find_sources, read_frames
 from ..evaluation.submission import PredictionExporter
+from ..inference.predictor import predict
 from ..labels_pem import dataset_for
 from ..presets_pem import check_task
-from ..utils.extras import require
 from ..visualization.segmentation import draw_segmentation
-from .predictor import predict
 
 logger = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 @dataclass
@@ -43,42 +38,6 @@ class SegmentationSummary:
     output_dir: Path
     segmented: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
-
-
-def find_sources(source: str | os.PathLike) -> list[Path]:
-    """The image and video files of `source`: one file, the files of a folder (recursively, sorted) or of a glob
-    pattern. Raises a `ValueError` if there are none."""
-    text = str(source)
-    if any(character in text for character in "*?["):
-        paths = [Path(path) for path in sorted(glob.glob(text, recursive=True))]
-    elif Path(text).is_dir():
-        paths = sorted(path for path in Path(text).rglob("*") if path.is_file())
-    elif Path(text).is_file():
-        return [Path(text)]
-    else:
-        raise ValueError(f"{text} does not exist: pass an image, a video, a folder or a glob pattern (quoted).")
-    paths = [path for path in paths if path.suffix.lower() in IMAGE_SUFFIXES + VIDEO_SUFFIXES]
-    if not paths:
-        raise ValueError(
-            f"No images or videos found in {text} (looked for {', '.join(IMAGE_SUFFIXES + VIDEO_SUFFIXES)})."
-        )
-    return paths
-
-
-def read_frames(path: Path) -> Iterator[tuple[str, PIL.Image.Image]]:
-    """`(name, RGB image)` of an image file, or of every frame of a video (`<stem>_<frame>`, read with PyAV).
-    Unreadable files raise `OSError` or `ValueError`."""
-    if path.suffix.lower() not in VIDEO_SUFFIXES:
-        with PIL.Image.open(path) as image:
-            yield path.stem, image.convert("RGB")
-        return
-    av = require("av", "video", "Reading videos")
-    try:
-        with av.open(str(path)) as container:
-            for index, frame in enumerate(container.decode(video=0)):
-                yield f"{path.stem}_{index:06d}", frame.to_image().convert("RGB")
-    except av.FFmpegError as error:
-        raise ValueError(f"cannot decode the video: {error}") from error
 
 
 def segments_record(
