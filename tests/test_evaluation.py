@@ -35,8 +35,9 @@ from transformers_pem.cli.evaluate import main
 from transformers_pem.data.loaders import load_ade20k, load_cityscapes, load_evaluation_dataset, segment_ids_from_image
 from transformers_pem.evaluation.evaluate import evaluate_model, format_results_table
 from transformers_pem.image_processing_pem import PEMImageProcessor
-from transformers_pem.inference.predictor import official_crop_size, official_tta_settings, predict
+from transformers_pem.inference.predictor import predict
 from transformers_pem.labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS
+from transformers_pem.presets_pem import official_crop_size, official_tta_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 CITYSCAPES_NAMES = {index: label[0] for index, label in enumerate(CITYSCAPES_LABELS)}

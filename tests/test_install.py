@@ -68,8 +68,12 @@ LEAN_SCRIPT = textwrap.dedent(
     import transformers_pem
     from transformers_pem import PRESETS, PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 
+    star = {{}}
+    exec("from transformers_pem import *", star)  # every name of __all__, with no extra installed
     optional = {optional!r}
     report = {{
+        "star": sorted(name for name in star if not name.startswith("__")),
+        "all": sorted(transformers_pem.__all__),
         "installed": [name for name in optional if importlib.util.find_spec(name) is not None],
         "imported": sorted({{module.split(".")[0] for module in sys.modules}} & set(optional)),
         "presets": {{}},
@@ -123,6 +127,8 @@ def test_lean_install_runs_every_preset_and_the_pipeline(tmp_path):
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert report["installed"] == [], "the lean environment must not see the optional packages"
     assert report["imported"] == []
+    assert report["star"] == report["all"] and "PEMForUniversalSegmentation" in report["star"]
+    assert not {"train", "MeanIoU", "load_cityscapes"} & set(report["star"])  # the extras' names are not in __all__
     assert list(report["presets"]) == [
         f"pem-{backbone}-{dataset}-{task}"
         for backbone in ("r50", "stdc1", "stdc2")

@@ -22,10 +22,10 @@ from .image_processing_pem import PEMImageProcessor
 from .image_processing_pem_pil import PEMImageProcessorPil
 from .inference.allocator import tune_glibc_malloc
 from .inference.precision import precision_autocast
-from .inference.predictor import official_crop_size, official_tta_settings, predict
+from .inference.predictor import predict
 from .modeling_pem import PEMForUniversalSegmentation, PEMModel, PEMPreTrainedModel
 from .modeling_stdc import STDCBackbone
-from .presets_pem import PRESETS, get_preset
+from .presets_pem import PRESETS, get_preset, official_crop_size, official_tta_settings
 from .visualization.prototypes import draw_prototypes
 from .visualization.segmentation import draw_segmentation
 

@@ -7,6 +7,7 @@ schedule) are shared by the three backbones and stated once, in `PROTOCOLS`; `PR
 """
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from .labels_pem import thing_ids_of
 
@@ -99,6 +100,20 @@ def get_protocol(dataset: str, task: str) -> Protocol:
     if dataset not in DATASETS:
         raise ValueError(f"Unknown dataset {dataset!r}: official settings exist for {DATASETS}.")
     return PROTOCOLS[dataset, "semantic" if task == "semantic" else "panoptic"]
+
+
+def official_tta_settings(dataset: str, task: str) -> dict[str, Any]:
+    """
+    The official multi-scale + flip test-time augmentation of a dataset (`"cityscapes"`, `"ade20k"`) and task, as
+    keyword arguments of `predict` / `evaluate_model`: `{"scales": [...], "max_size": ..., "flip": True}`.
+    """
+    protocol = get_protocol(dataset, task)
+    return {"scales": list(protocol.tta_min_sizes), "max_size": protocol.tta_max_size, "flip": True}
+
+
+def official_crop_size(dataset: str, task: str) -> tuple[int, int]:
+    """The official training crop `(height, width)` of a dataset and task: the natural sliding window."""
+    return get_protocol(dataset, task).crop_size
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,9 @@ from ..deploy.hub import check_hub_token, push_folder, trained_model_card
 from ..evaluation.evaluate import evaluate_model, format_results_table
 from ..image_processing_pem import PEMImageProcessor
 from ..inference.precision import PRECISIONS
-from ..inference.predictor import official_crop_size, official_tta_settings
 from ..labels_pem import DATASET_LABELS
 from ..modeling_pem import PEMForUniversalSegmentation
-from ..presets_pem import TASKS
+from ..presets_pem import TASKS, official_crop_size, official_tta_settings
 from ..training.scalars import CURVES_FILE
 from .options import add_allocator_argument, apply_allocator_argument
 

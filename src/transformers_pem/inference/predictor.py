@@ -2,7 +2,7 @@
 Inference with PEM models beyond one forward pass: test-time augmentation and sliding windows ([`predict`]).
 
 ```python
->>> from transformers_pem import predict, official_tta_settings
+>>> from transformers_pem import official_tta_settings, predict
 >>> predictions = predict(model, processor, images, task="semantic", **official_tta_settings("cityscapes", "semantic"))
 ```
 
@@ -30,7 +30,6 @@ How predictions are made (see [`predict`]):
 import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 import PIL.Image
@@ -39,22 +38,8 @@ from torch import nn
 
 from ..configuration_pem import padded_size
 from ..post_processing_pem import valid_sizes
-from ..presets_pem import check_task, get_protocol
+from ..presets_pem import check_task
 from .precision import PRECISIONS, precision_autocast
-
-
-def official_tta_settings(dataset: str, task: str) -> dict[str, Any]:
-    """
-    The official multi-scale + flip test-time augmentation of a dataset (`"cityscapes"`, `"ade20k"`) and task, as
-    keyword arguments of [`predict`] / [`evaluate_model`]: `{"scales": [...], "max_size": ..., "flip": True}`.
-    """
-    protocol = get_protocol(dataset, task)
-    return {"scales": list(protocol.tta_min_sizes), "max_size": protocol.tta_max_size, "flip": True}
-
-
-def official_crop_size(dataset: str, task: str) -> tuple[int, int]:
-    """The official training crop `(height, width)` of a dataset and task: the natural sliding window."""
-    return get_protocol(dataset, task).crop_size
 
 
 @contextlib.contextmanager
