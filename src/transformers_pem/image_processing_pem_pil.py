@@ -5,7 +5,7 @@ from transformers.image_processing_backends import PilBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import PILImageResampling, SizeDict
 
-from .image_processing_pem import PEMImageProcessorMixin, official_resize_size
+from .image_processing_pem import PEMImageProcessorKwargs, PEMImageProcessorMixin, official_resize_size
 
 
 class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
@@ -49,4 +49,5 @@ class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
         return self._pad_and_encode(processed_images, **kwargs)
 
 
-__all__ = ["PEMImageProcessorPil"]
+# The kwargs class too: transformers looks a processor's kwargs class up by name in the processor's module.
+__all__ = ["PEMImageProcessorKwargs", "PEMImageProcessorPil"]

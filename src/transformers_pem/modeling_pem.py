@@ -32,6 +32,7 @@ from .transformer_decoder_pem import (
     PEMDecoderLayer,
     PEMMaskEmbedder,
     PEMPrototypeCrossAttention,
+    PEMSelfAttention,
     PEMTransformerDecoder,
 )
 
@@ -64,6 +65,10 @@ class PEMModelOutput(ModelOutput):
         the layer attends to (layer `i`: stride `32 / 2 ** (i % 3)` of the padded input). Returned with
         `output_prototype_indices=True`; `visualization.prototypes.prototype_locations` turns them into pixel
         positions.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Self-attention weights of every decoder layer, `(batch_size, num_attention_heads, num_queries, num_queries)`,
+        returned with `output_attentions=True`. PEM-CA selects one prototype token per head instead of weighting all
+        tokens: its selections are `prototype_indices`.
     """
 
     encoder_last_hidden_state: torch.FloatTensor | None = None
@@ -75,6 +80,7 @@ class PEMModelOutput(ModelOutput):
     transformer_decoder_intermediate_states: tuple[torch.FloatTensor] | None = None
     masks_queries_logits: tuple[torch.FloatTensor] | None = None
     prototype_indices: tuple[torch.LongTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
 
 
 @dataclass
@@ -99,6 +105,8 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
         See [`PEMModelOutput`]; returned with `output_hidden_states=True`.
     prototype_indices (`tuple(torch.LongTensor)`, *optional*):
         See [`PEMModelOutput`]; returned with `output_prototype_indices=True`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        See [`PEMModelOutput`]; returned with `output_attentions=True`.
     pixel_mask (`torch.LongTensor` of shape `(batch_size, height, width)`, *optional*):
         The `pixel_mask` given to the forward (1 = image, 0 = padding), passed through so that post-processing can
         drop the padded area (the pipeline calls post-processing with the outputs only).
@@ -116,6 +124,7 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
     pixel_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
     transformer_decoder_hidden_states: tuple[torch.FloatTensor] | None = None
     prototype_indices: tuple[torch.LongTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
     pixel_mask: torch.LongTensor | None = None
 
 
@@ -158,6 +167,27 @@ class PEMPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The decoder's self-attention runs scaled_dot_product_attention unless its weights are asked for (see
+    # PEMDecoderLayer); its backbone blocks, pixel-decoder blocks and decoder layers are checkpointing layers.
+    _supports_sdpa = True
+    supports_gradient_checkpointing = True
+    # Blocks whose parts must share a device under `device_map`: a residual sum, or PEM-CA's memory and queries.
+    _no_split_modules = [
+        "PEMDecoderLayer",
+        "PEMDeformableLayer",
+        "STDCCatBottleneck",
+        "STDCAddBottleneck",
+        "ResNetStage",
+    ]
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
+        """transformers' switch for the checkpointing layers; a timm backbone is checkpointed by timm itself (its
+        `set_grad_checkpointing`, which updates BatchNorm statistics again when it recomputes)."""
+        super()._set_gradient_checkpointing(enable, *args, **kwargs)
+        for module in self.modules():
+            timm_model = getattr(module, "_backbone", None)
+            if type(module).__name__ == "TimmBackbone" and hasattr(timm_model, "set_grad_checkpointing"):
+                timm_model.set_grad_checkpointing(enable)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; with the classes registered for trust_remote_code (done by `import
@@ -191,13 +221,14 @@ class PEMPreTrainedModel(PreTrainedModel):
             for layer in (module.memory_conv, module.memory_proj, module.query_proj, module.modulation_proj):
                 _default_init(layer)
             _default_init(module.out_proj)
+        elif isinstance(module, PEMSelfAttention):
+            init.xavier_uniform_(module.in_proj_weight, gain=self.config.init_xavier_std)
+            init.xavier_uniform_(module.out_proj.weight, gain=self.config.init_xavier_std)
+            init.zeros_(module.in_proj_bias)
+            init.zeros_(module.out_proj.bias)
         elif isinstance(module, PEMDecoderLayer):
-            for parameter in (module.self_attn.in_proj_weight, module.self_attn.out_proj.weight):
-                init.xavier_uniform_(parameter, gain=self.config.init_xavier_std)
             init.xavier_uniform_(module.fc1.weight, gain=self.config.init_xavier_std)
             init.xavier_uniform_(module.fc2.weight, gain=self.config.init_xavier_std)
-            init.zeros_(module.self_attn.in_proj_bias)
-            init.zeros_(module.self_attn.out_proj.bias)
             for linear in (module.fc1, module.fc2):
                 bound = 1 / math.sqrt(linear.in_features)
                 init.uniform_(linear.bias, -bound, bound)
@@ -233,6 +264,7 @@ class PEMModel(PEMPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_intermediate_masks: bool = True,
         output_prototype_indices: bool = False,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PEMModelOutput | tuple:
@@ -247,10 +279,13 @@ class PEMModel(PEMPreTrainedModel):
             only the final prediction, and the faster inference path is used (see [`PEMTransformerDecoder`]).
         output_prototype_indices (`bool`, *optional*, defaults to `False`):
             Return the prototype token each head of each query selected in every decoder layer.
+        output_attentions (`bool`, *optional*):
+            Return the self-attention weights of every decoder layer.
         """
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         _check_pixel_values(pixel_values, self.config, self.dtype)
 
@@ -265,6 +300,7 @@ class PEMModel(PEMPreTrainedModel):
             list(pixel_level_outputs.decoder_hidden_states),
             pixel_level_outputs.decoder_last_hidden_state,
             output_intermediate_masks=output_intermediate_masks,
+            output_attentions=output_attentions,
         )
         masks_queries_logits = decoder_outputs.masks_queries_logits
         if pad_height or pad_width:
@@ -280,6 +316,7 @@ class PEMModel(PEMPreTrainedModel):
             transformer_decoder_intermediate_states=decoder_outputs.intermediate_states,
             masks_queries_logits=masks_queries_logits,
             prototype_indices=decoder_outputs.prototype_indices if output_prototype_indices else None,
+            attentions=decoder_outputs.attentions,
         )
         return output if return_dict else output.to_tuple()
 
@@ -405,16 +442,19 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         output_hidden_states: bool | None = None,
         output_auxiliary_logits: bool | None = None,
         output_prototype_indices: bool = False,
+        output_attentions: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> PEMForUniversalSegmentationOutput | tuple:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, 3, height, width)`):
             Normalised, padded images (see [`PEMImageProcessor`]).
-        mask_labels (`list[torch.Tensor]`, *optional*):
-            Per image, binary target masks of shape `(num_targets, height, width)` (any resolution).
-        class_labels (`list[torch.LongTensor]`, *optional*):
-            Per image, the class index of each target mask, shape `(num_targets,)`.
+        mask_labels (`list[torch.Tensor]` or `torch.Tensor`, *optional*):
+            Per image, binary target masks of shape `(num_targets, height, width)`, the size of `pixel_values`; or
+            one tensor `(batch_size, num_targets, height, width)` when every image has the same number of targets.
+        class_labels (`list[torch.LongTensor]` or `torch.LongTensor`, *optional*):
+            Per image, the class index of each target mask, shape `(num_targets,)`; or one tensor
+            `(batch_size, num_targets)`.
         pixel_mask (`torch.LongTensor`, *optional*):
             1 on image pixels, 0 on padding. The model ignores it (like the official one), and returns it in the
             output for post-processing.
@@ -423,6 +463,8 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         output_prototype_indices (`bool`, *optional*, defaults to `False`):
             Return the prototype token each head of each query selected in every decoder layer (see
             [`PEMModelOutput`]; `visualization.prototypes.draw_prototypes` draws them).
+        output_attentions (`bool`, *optional*):
+            Return the self-attention weights of every decoder layer.
 
         Example:
 
@@ -442,6 +484,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
                 output_hidden_states=output_hidden_states,
                 output_auxiliary_logits=output_auxiliary_logits,
                 output_prototype_indices=output_prototype_indices,
+                output_attentions=output_attentions,
                 return_dict=return_dict,
                 **kwargs,
             )
@@ -454,7 +497,12 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if (mask_labels is None) != (class_labels is None):
             raise ValueError("Pass both `mask_labels` and `class_labels` to compute the loss, or neither.")
-        for index, masks in enumerate(mask_labels or []):
+        # Stacked targets (as Mask2Former accepts them) are the per-image lists the criterion takes.
+        if isinstance(mask_labels, Tensor):
+            mask_labels = list(mask_labels)
+        if isinstance(class_labels, Tensor):
+            class_labels = list(class_labels)
+        for index, masks in enumerate(mask_labels if mask_labels is not None else []):
             # The loss samples masks at relative coordinates, so a transposed or resized mask would be silently wrong.
             if isinstance(masks, Tensor) and masks.dim() == 3 and masks.shape[-2:] != pixel_values.shape[-2:]:
                 raise ValueError(
@@ -470,6 +518,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             output_hidden_states=output_hidden_states,
             output_intermediate_masks=needs_auxiliary,
             output_prototype_indices=output_prototype_indices,
+            output_attentions=output_attentions,
             return_dict=True,
         )
         masks_logits = outputs.masks_queries_logits
@@ -507,6 +556,7 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
             pixel_decoder_hidden_states=outputs.pixel_decoder_hidden_states,
             transformer_decoder_hidden_states=outputs.transformer_decoder_hidden_states,
             prototype_indices=outputs.prototype_indices,
+            attentions=outputs.attentions,
             pixel_mask=pixel_mask,
         )
         return output if return_dict else output.to_tuple()

@@ -14,6 +14,7 @@ from transformers.backbone_utils import BackboneMixin, filter_output_hidden_stat
 from transformers.modeling_outputs import BackboneOutput
 from transformers.utils import can_return_tuple
 
+from .checkpointing_pem import PEMCheckpointingLayer
 from .configuration_stdc import STDCConfig
 
 
@@ -50,7 +51,7 @@ def make_depthwise_downsample(channels: int) -> nn.Sequential:
     )
 
 
-class STDCCatBottleneck(nn.Module):
+class STDCCatBottleneck(PEMCheckpointingLayer):
     """
     STDC bottleneck of type "cat": the outputs of the chained convolutions are concatenated. In a stride-2 block the
     first conv output is downsampled by a depthwise conv before the chain and by average pooling for the concatenation.
@@ -76,7 +77,7 @@ class STDCCatBottleneck(nn.Module):
         return torch.cat(outputs, dim=1)  # (B, C, H/stride, W/stride)
 
 
-class STDCAddBottleneck(nn.Module):
+class STDCAddBottleneck(PEMCheckpointingLayer):
     """
     STDC bottleneck of type "add": the concatenated outputs of the chained convolutions plus a residual. In a stride-2
     block the first conv output is downsampled by a depthwise conv and the residual by a depthwise conv + 1x1 conv.
@@ -111,6 +112,10 @@ class STDCPreTrainedModel(PreTrainedModel):
     base_model_prefix = "stdc"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The bottleneck blocks are checkpointing layers; the two stem convolutions keep their activations.
+    supports_gradient_checkpointing = True
+    # No attention layers: the backbone runs the same under any attention implementation PEM is given.
+    _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

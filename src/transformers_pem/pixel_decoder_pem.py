@@ -8,9 +8,15 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from torchvision.ops import deform_conv2d
 from transformers.backbone_utils import load_backbone
-from transformers.models.resnet.modeling_resnet import ResNetBasicLayer, ResNetBottleNeckLayer, ResNetConvLayer
+from transformers.models.resnet.modeling_resnet import (
+    ResNetBasicLayer,
+    ResNetBottleNeckLayer,
+    ResNetConvLayer,
+    ResNetStage,
+)
 from transformers.utils import ModelOutput
 
+from .checkpointing_pem import PEMCheckpointingLayer
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
 from .modeling_stdc import STDCBackbone
@@ -35,7 +41,7 @@ class PEMPixelLevelModuleOutput(ModelOutput):
     decoder_hidden_states: tuple[torch.FloatTensor] | None = None
 
 
-class PEMConvNormReLU(nn.Module):
+class PEMConvNormReLU(PEMCheckpointingLayer):
     """Convolution without bias, BatchNorm, ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 1):
@@ -47,7 +53,7 @@ class PEMConvNormReLU(nn.Module):
         return F.relu(self.norm(self.conv(hidden_states)), inplace=True)
 
 
-class PEMContextModulation(nn.Module):
+class PEMContextModulation(PEMCheckpointingLayer):
     """Context-based self-modulation (CSM): re-weights channels with a gate computed from the global average.
 
     The official module applies the sigmoid twice (an `nn.Sigmoid` inside its MLP and `.sigmoid()` after it), so the
@@ -130,7 +136,7 @@ class PEMModulatedDeformConv(nn.Module):
         return output.view(batch_size, height, width, -1).permute(0, 3, 1, 2)
 
 
-class PEMDeformableLayer(nn.Module):
+class PEMDeformableLayer(PEMCheckpointingLayer):
     """Modulated deformable 3x3 conv + BN + ReLU, then a 2x transposed-conv upsampling + BN + ReLU.
 
     Returns the level feature and its upsampled version for the next (finer) level.
@@ -227,6 +233,13 @@ class PEMPixelDecoder(nn.Module):
         return mask_features, multi_scale_features
 
 
+class PEMResNetStage(PEMCheckpointingLayer, ResNetStage):
+    """transformers' `ResNetStage` as a checkpointing layer (transformers' ResNet has no activation checkpointing):
+    the same module, weights and forward."""
+
+    forward = ResNetStage.forward  # named here, so that the checkpointing wrapper wraps it (not the base's)
+
+
 class PEMPixelLevelModule(nn.Module):
     """Backbone + pixel decoder."""
 
@@ -248,6 +261,9 @@ class PEMPixelLevelModule(nn.Module):
                 if isinstance(module, (ResNetConvLayer, ResNetBasicLayer, ResNetBottleNeckLayer)):
                     if isinstance(module.activation, nn.ReLU):
                         module.activation.inplace = True
+                # The stages become checkpointing layers in place: their class only, so weights and keys are kept.
+                if type(module) is ResNetStage:
+                    module.__class__ = PEMResNetStage
         self.decoder = PEMPixelDecoder(config, self.encoder.channels)
 
     def forward(self, pixel_values: Tensor, output_hidden_states: bool = False) -> PEMPixelLevelModuleOutput:

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from transformers.utils import ModelOutput
 
+from .checkpointing_pem import PEMCheckpointingLayer
 from .configuration_pem import PEMConfig
 
 
@@ -25,6 +26,9 @@ class PEMTransformerDecoderOutput(ModelOutput):
         Mask logits of every prediction at the resolution of the mask features.
     prototype_indices (`tuple(torch.LongTensor)`):
         Token index each head of each query selected in every layer, `(batch_size, num_heads, num_queries)`.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        The self-attention weights of every layer, `(batch_size, num_heads, num_queries, num_queries)`, returned with
+        `output_attentions=True`.
     """
 
     last_hidden_state: torch.FloatTensor | None = None
@@ -32,6 +36,7 @@ class PEMTransformerDecoderOutput(ModelOutput):
     intermediate_states: tuple[torch.FloatTensor] | None = None
     masks_queries_logits: tuple[torch.FloatTensor] | None = None
     prototype_indices: tuple[torch.LongTensor] | None = None
+    attentions: tuple[torch.FloatTensor] | None = None
 
 
 class PEMSinePositionEmbedding(nn.Module):
@@ -153,37 +158,88 @@ class PEMPrototypeCrossAttention(nn.Module):
         return hidden_states + self.out_proj(attended), indices
 
 
-class PEMDecoderLayer(nn.Module):
-    """PEM-CA, then self-attention, then a feed-forward network (pre- or post-norm)."""
+class PEMSelfAttention(nn.Module):
+    """Multi-head self-attention of the queries, with `nn.MultiheadAttention`'s parameters (and state-dict keys, as
+    the official layer has them): `in_proj_weight`, `in_proj_bias`, `out_proj`.
+
+    `"sdpa"` computes it with `scaled_dot_product_attention` (what `nn.MultiheadAttention` runs without weights);
+    `"eager"` step by step as `nn.MultiheadAttention` does with `need_weights=True` (the official path: scale the
+    queries, `q @ k^T`, softmax, `@ v`) and returns the weights, which stay part of the graph (their gradients exist).
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * hidden_dim, hidden_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * hidden_dim))
+        self.out_proj = nn.Linear(hidden_dim, hidden_dim)
+
+    def forward(
+        self, query_key: Tensor, value: Tensor, attn_implementation: str = "sdpa"
+    ) -> tuple[Tensor, Tensor | None]:
+        """query_key (B, Q, C): queries with their position embedding; value (B, Q, C). Returns the attended values
+        (B, Q, C) and, with "eager", the weights (B, heads, Q, Q)."""
+        batch_size, num_queries, channels = value.shape
+        head_dim = channels // self.num_heads
+        weight_qk, weight_v = self.in_proj_weight.split([2 * channels, channels])
+        bias_qk, bias_v = self.in_proj_bias.split([2 * channels, channels])
+        query, key = F.linear(query_key, weight_qk, bias_qk).chunk(2, dim=-1)
+        value = F.linear(value, weight_v, bias_v)
+        # (B, Q, C) -> (B, heads, Q, head_dim)
+        query, key, value = (
+            tensor.view(batch_size, num_queries, self.num_heads, head_dim).transpose(1, 2)
+            for tensor in (query, key, value)
+        )
+        if attn_implementation == "eager":
+            weights = torch.matmul(query * head_dim**-0.5, key.transpose(-2, -1)).softmax(dim=-1)
+            attended = torch.matmul(weights, value)
+        else:
+            weights, attended = None, F.scaled_dot_product_attention(query, key, value)
+        attended = attended.transpose(1, 2).reshape(batch_size, num_queries, channels)
+        return self.out_proj(attended), weights
+
+
+class PEMDecoderLayer(PEMCheckpointingLayer):
+    """PEM-CA, then self-attention, then a feed-forward network (pre- or post-norm). The self-attention follows
+    `config._attn_implementation` ("sdpa" by default, or "eager"); `output_attentions=True` runs it eagerly and returns
+    its weights."""
 
     def __init__(self, config: PEMConfig):
         super().__init__()
+        self.config = config
         hidden_dim = config.hidden_dim
         self.pre_norm = config.pre_norm
         self.cross_attn = PEMPrototypeCrossAttention(hidden_dim, config.num_attention_heads)
-        self.self_attn = nn.MultiheadAttention(hidden_dim, config.num_attention_heads, batch_first=True)
+        self.self_attn = PEMSelfAttention(hidden_dim, config.num_attention_heads)
         self.self_attn_layer_norm = nn.LayerNorm(hidden_dim)
         self.fc1 = nn.Linear(hidden_dim, config.dim_feedforward)
         self.fc2 = nn.Linear(config.dim_feedforward, hidden_dim)
         self.final_layer_norm = nn.LayerNorm(hidden_dim)
 
     def forward(
-        self, hidden_states: Tensor, memory: Tensor, query_position: Tensor, mask_logits: Tensor | None
-    ) -> tuple[Tensor, Tensor]:
-        """memory (B, C, H, W) with its position embedding added; see [`PEMPrototypeCrossAttention`]."""
+        self,
+        hidden_states: Tensor,
+        memory: Tensor,
+        query_position: Tensor,
+        mask_logits: Tensor | None,
+        output_attentions: bool = False,
+    ) -> tuple[Tensor, Tensor, Tensor | None]:
+        """memory (B, C, H, W) with its position embedding added; see [`PEMPrototypeCrossAttention`]. Returns the
+        queries (B, Q, C), the prototype indices (B, heads, Q) and, with `output_attentions`, the self-attention
+        weights (B, heads, Q, Q)."""
         hidden_states, indices = self.cross_attn(hidden_states, memory, query_position, mask_logits)
 
+        implementation = "eager" if output_attentions else self.config._attn_implementation
         if self.pre_norm:
             normed = self.self_attn_layer_norm(hidden_states)
-            query_key = normed + query_position
-            hidden_states = hidden_states + self.self_attn(query_key, query_key, normed, need_weights=False)[0]
+            attended, weights = self.self_attn(normed + query_position, normed, implementation)
+            hidden_states = hidden_states + attended
             hidden_states = hidden_states + self.fc2(F.relu(self.fc1(self.final_layer_norm(hidden_states))))
         else:
-            query_key = hidden_states + query_position
-            attended = self.self_attn(query_key, query_key, hidden_states, need_weights=False)[0]
+            attended, weights = self.self_attn(hidden_states + query_position, hidden_states, implementation)
             hidden_states = self.self_attn_layer_norm(hidden_states + attended)
             hidden_states = self.final_layer_norm(hidden_states + self.fc2(F.relu(self.fc1(hidden_states))))
-        return hidden_states, indices
+        return hidden_states, indices, weights if output_attentions else None
 
 
 class PEMMaskEmbedder(nn.Module):
@@ -225,7 +281,11 @@ class PEMTransformerDecoder(nn.Module):
         self.mask_embedder = PEMMaskEmbedder(hidden_dim, config.mask_dim)
 
     def forward(
-        self, multi_scale_features: list[Tensor], mask_features: Tensor, output_intermediate_masks: bool = True
+        self,
+        multi_scale_features: list[Tensor],
+        mask_features: Tensor,
+        output_intermediate_masks: bool = True,
+        output_attentions: bool = False,
     ) -> PEMTransformerDecoderOutput:
         """multi_scale_features: the pixel-decoder levels (strides 32, 16, 8); mask_features (B, mask_dim, H/4, W/4).
 
@@ -252,6 +312,7 @@ class PEMTransformerDecoder(nn.Module):
         query_position = self.queries_embedder.weight.unsqueeze(0).expand(batch_size, -1, -1)
         hidden_states = self.queries_features.weight.unsqueeze(0).expand(batch_size, -1, -1)
         all_hidden_states, intermediate_states, masks_queries_logits, prototype_indices = [hidden_states], [], [], []
+        attentions = []
         num_layers = len(self.layers)
         # Prediction i comes from the queries after i layers (prediction 0 from the learnable queries) and masks the
         # cross-attention of layer i, which attends to level i % num_feature_levels.
@@ -269,9 +330,12 @@ class PEMTransformerDecoder(nn.Module):
                 attention_mask = F.interpolate(mask_logits, size=sizes[level], mode="bilinear", align_corners=False)
             else:
                 attention_mask = torch.einsum("bqc,bchw->bqhw", mask_embeddings, level_mask_features[level])
-            hidden_states, indices = self.layers[index](hidden_states, memories[level], query_position, attention_mask)
+            hidden_states, indices, weights = self.layers[index](
+                hidden_states, memories[level], query_position, attention_mask, output_attentions=output_attentions
+            )
             all_hidden_states.append(hidden_states)
             prototype_indices.append(indices)
+            attentions.append(weights)
 
         return PEMTransformerDecoderOutput(
             last_hidden_state=hidden_states,
@@ -279,4 +343,5 @@ class PEMTransformerDecoder(nn.Module):
             intermediate_states=tuple(intermediate_states),
             masks_queries_logits=tuple(masks_queries_logits),
             prototype_indices=tuple(prototype_indices),
+            attentions=tuple(attentions) if output_attentions else None,
         )
