@@ -3,8 +3,11 @@ ResNet and timm backbones), `ConfigTester` on `PEMConfig`, `ImageProcessingTestM
 files come from the installed transformers' sdist (`transformers_tests.py`); the testers are ours, written like
 Mask2Former's. Every skip says why: a feature PEM cannot have, or a test that needs the Hub."""
 
+import copy
+import functools
 import math
 import unittest
+from unittest import mock
 from types import SimpleNamespace
 
 import pytest
@@ -45,7 +48,7 @@ BACKBONES = {
         layer_type="basic",
         out_features=["stage1", "stage2", "stage3", "stage4"],
     ),
-    "timm": TimmBackboneConfig(backbone="resnet18", out_indices=(1, 2, 3, 4), num_channels=3),
+    "timm": TimmBackboneConfig(backbone="test_resnet", out_indices=(1, 2, 3, 4), num_channels=3),  # timm's tiny ResNet
 }
 
 
@@ -62,8 +65,11 @@ class PEMModelTester:
         self.num_queries = 8
         self.num_targets = 3
         self.hidden_size = 32
+        # Pixel-decoder channels equal to hidden_size and no enforced input projections: with them, two layers would
+        # leave the third level's projection without a gradient (the gradient tests ask for one on every parameter).
+        self.conv_dim = self.hidden_size
         self.num_attention_heads = 4
-        self.num_hidden_layers = 2  # decoder layers
+        self.num_hidden_layers = 2  # decoder layers (the common suite's ceiling)
         # The decoder's self-attention is over the queries.
         self.seq_length = self.num_queries
         # Outputs with output_hidden_states: the backbone's, the pixel decoder's and the transformer decoder's.
@@ -71,15 +77,16 @@ class PEMModelTester:
 
     def get_config(self) -> PEMConfig:
         return PEMConfig(
-            backbone_config=BACKBONES[self.backbone],
+            backbone_config=copy.deepcopy(BACKBONES[self.backbone]),  # tests change their config
             num_labels=self.num_labels,
             thing_ids=[1, 2],
             num_queries=self.num_queries,
             hidden_dim=self.hidden_size,
             num_attention_heads=self.num_attention_heads,
             decoder_layers=self.num_hidden_layers,
-            conv_dim=self.hidden_size,  # no input projections: every parameter gets a gradient with 2 layers
-            mask_dim=16,
+            conv_dim=self.conv_dim,
+            enforce_input_projection=False,
+                        mask_dim=16,
             dim_feedforward=32,
             train_num_points=64,
         )
@@ -87,9 +94,17 @@ class PEMModelTester:
     def prepare_config_and_inputs(self):
         pixel_values = floats_tensor([self.batch_size, 3, self.height, self.width])
         pixel_mask = torch.ones(self.batch_size, self.height, self.width, dtype=torch.long)
-        mask_labels = (torch.rand(self.batch_size, self.num_targets, self.height, self.width) > 0.5).float()
-        class_labels = torch.randint(0, self.num_labels, (self.batch_size, self.num_targets))
+        mask_labels, class_labels = self.prepare_labels()
         return self.get_config(), pixel_values, pixel_mask, mask_labels, class_labels
+
+    def prepare_labels(self, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stacked targets: binary masks (batch, targets, height, width) and their classes (batch, targets), the same
+        for the same seed (the common tests prepare the inputs of a comparison twice)."""
+        generator = torch.Generator().manual_seed(seed)
+        shape = (self.batch_size, self.num_targets, self.height, self.width)
+        mask_labels = (torch.rand(shape, generator=generator) > 0.5).float()
+        class_labels = torch.randint(0, self.num_labels, shape[:2], generator=generator)
+        return mask_labels, class_labels
 
     def prepare_config_and_inputs_for_common(self):
         config, pixel_values, pixel_mask, _, _ = self.prepare_config_and_inputs()
@@ -111,7 +126,7 @@ class _PEMModelTest(ModelTesterMixin):
         """The common inputs, with stacked targets for the head model when labels are asked for."""
         inputs_dict = super()._prepare_for_class(inputs_dict, model_class, return_labels=return_labels)
         if return_labels and model_class is PEMForUniversalSegmentation:
-            _, _, _, mask_labels, class_labels = self.model_tester.prepare_config_and_inputs()
+            mask_labels, class_labels = self.model_tester.prepare_labels()
             inputs_dict.update(mask_labels=mask_labels, class_labels=class_labels)
         return inputs_dict
 
@@ -138,7 +153,7 @@ class _PEMModelTest(ModelTesterMixin):
                 )
                 self.assertEqual(
                     [tuple(feature.shape) for feature in outputs.pixel_decoder_hidden_states],
-                    [(tester.batch_size, 32, height // stride, width // stride) for stride in (32, 16, 8)],
+                    [(tester.batch_size, tester.conv_dim, height // stride, width // stride) for stride in (32, 16, 8)],
                 )
                 self.assertEqual(
                     [tuple(states.shape) for states in outputs.transformer_decoder_hidden_states],
@@ -164,6 +179,19 @@ class _PEMModelTest(ModelTesterMixin):
         for tensor in retained:
             self.assertIsNotNone(tensor.grad)
             self.assertGreater(tensor.grad.abs().sum().item(), 0)
+
+    def test_model_outputs_equivalence(self):
+        """The common test, with the loss's random point sampling drawn alike in every forward pass, so that the tuple
+        and dict outputs it compares come from the same points."""
+        forward = PEMForUniversalSegmentation.forward
+
+        @functools.wraps(forward)
+        def seeded_forward(model, *args, **kwargs):
+            torch.manual_seed(0)
+            return forward(model, *args, **kwargs)
+
+        with mock.patch.object(PEMForUniversalSegmentation, "forward", seeded_forward):
+            super().test_model_outputs_equivalence()
 
     @parameterized.expand(TEST_EAGER_MATCHES_SDPA_INFERENCE_PARAMETERIZATION)
     def test_eager_matches_sdpa_inference(

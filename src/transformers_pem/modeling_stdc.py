@@ -114,8 +114,6 @@ class STDCPreTrainedModel(PreTrainedModel):
     input_modalities = ("image",)
     # The bottleneck blocks are checkpointing layers; the two stem convolutions keep their activations.
     supports_gradient_checkpointing = True
-    # No attention layers: the backbone runs the same under any attention implementation PEM is given.
-    _supports_sdpa = True
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

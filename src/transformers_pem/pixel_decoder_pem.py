@@ -246,6 +246,11 @@ class PEMPixelLevelModule(nn.Module):
     def __init__(self, config: PEMConfig):
         super().__init__()
         backbone_config = config.backbone_config
+        # The attention implementation asked of PEM is its decoder's; transformers passes it on to every sub-config.
+        # Attention-free backbones (STDC, ResNet, timm) accept only eager when asked, so a request for another one is
+        # cleared on the backbone's config: the backbone then takes its own default (sdpa where it has attention).
+        if backbone_config._attn_implementation not in (None, "eager"):
+            backbone_config._attn_implementation = None
         # STDC is built directly: under trust_remote_code it is not registered with AutoBackbone. Its config may then
         # be an instance of another copy of STDCConfig (transformers loads the config's and the model's code files into
         # different module folders), so it is recognised by its model type.
@@ -270,7 +275,9 @@ class PEMPixelLevelModule(nn.Module):
         # channels_last is oneDNN's fast convolution layout on CPU and the tensor-core layout on GPU; the convolutions
         # keep it, so every feature map is channels_last.
         pixel_values = pixel_values.contiguous(memory_format=torch.channels_last)
-        features = list(self.encoder(pixel_values).feature_maps)
+        # PEM returns its decoder's attentions only; a backbone config asking for its own is not followed (timm's
+        # backbones would refuse it).
+        features = list(self.encoder(pixel_values, output_attentions=False).feature_maps)
         mask_features, multi_scale_features = self.decoder(features)
         return PEMPixelLevelModuleOutput(
             encoder_last_hidden_state=features[-1],
