@@ -269,10 +269,10 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         _raises(ValueError, "threshold must be in [0, 1]"),
     ),
     (
-        "panoptic-mask-threshold-0",
+        "panoptic-mask-threshold-1",
         "post-processing",
-        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, mask_threshold=0.0),
-        _raises(ValueError, "mask_threshold must be in (0, 1)"),
+        lambda c: c.processor.post_process_panoptic_segmentation(c.outputs, mask_threshold=1.0),
+        _raises(ValueError, "mask_threshold must be in [0, 1)"),
     ),
     (
         "panoptic-overlap-2",

@@ -85,7 +85,7 @@ def reference_semantic(class_logits, mask_logits, padded_size, valid_size, outpu
     return bilinear(scores[:, : valid_size[0], : valid_size[1]], output_size)
 
 
-def reference_panoptic(class_logits, masks, thing_ids, threshold=0.8, overlap=0.8):
+def reference_panoptic(class_logits, masks, thing_ids, threshold=0.8, overlap=0.8, mask_threshold=0.5):
     """masks: (Q, H, W) mask logits at the output size. Returns (segmentation, [(id, label, is_thing)])."""
     probs = softmax(class_logits.astype(np.float64))
     num_labels = probs.shape[1] - 1
@@ -99,8 +99,8 @@ def reference_panoptic(class_logits, masks, thing_ids, threshold=0.8, overlap=0.
     winner = weighted.argmax(0)
     for k, q in enumerate(kept):
         label = int(probs[q].argmax())
-        region = (winner == k) & (mask_probs[q] >= 0.5)
-        area, own_area = int((winner == k).sum()), int((mask_probs[q] >= 0.5).sum())
+        region = (winner == k) & (mask_probs[q] >= mask_threshold)
+        area, own_area = int((winner == k).sum()), int((mask_probs[q] >= mask_threshold).sum())
         if area == 0 or own_area == 0 or not region.any() or area / own_area < overlap:
             continue
         if label not in thing_ids and label in stuff_ids:
@@ -126,7 +126,7 @@ def reference_rle(mask):
     return runs
 
 
-def reference_instances(class_logits, masks, thing_ids, top_k=100):
+def reference_instances(class_logits, masks, thing_ids, top_k=100, mask_threshold=0.5):
     """masks: (Q, H, W) mask logits at the output size. Returns [(score, label, binary mask)] by decreasing score."""
     probs = softmax(class_logits.astype(np.float64))[:, :-1]
     pairs = sorted(((probs[q, c], q, c) for q in range(probs.shape[0]) for c in range(probs.shape[1])), reverse=True)
@@ -134,7 +134,7 @@ def reference_instances(class_logits, masks, thing_ids, top_k=100):
     for class_prob, q, c in pairs[:top_k]:
         if c not in thing_ids:
             continue
-        binary = masks[q] > 0
+        binary = sigmoid(masks[q].astype(np.float64)) > mask_threshold
         mask_score = (sigmoid(masks[q].astype(np.float64)) * binary).sum() / (binary.sum() + 1e-6)
         instances.append((class_prob * mask_score, c, binary))
     return sorted(instances, key=lambda instance: -instance[0])
@@ -361,8 +361,11 @@ def one_query_at_a_time(monkeypatch):
 
 
 @pytest.mark.parametrize("path", ["mask resolution", "full maps", "full maps, one query at a time"])
-@pytest.mark.parametrize("seed", [1, 2, 3])
-def test_panoptic_matches_reference(monkeypatch, seed, path):
+# With mask_threshold 0 every mask covers the image: a query keeps a segment where it wins a tenth of it.
+@pytest.mark.parametrize(
+    "seed, mask_threshold, overlap", [(1, 0.5, 0.5), (2, 0.5, 0.5), (3, 0.5, 0.5), (1, 0.0, 0.1), (2, 0.3, 0.5)]
+)
+def test_panoptic_matches_reference(monkeypatch, seed, mask_threshold, overlap, path):
     if path != "mask resolution":
         monkeypatch.setattr(post_processing_pem, "panoptic_maps", lambda *args: None)
     if path.endswith("one query at a time"):
@@ -374,14 +377,15 @@ def test_panoptic_matches_reference(monkeypatch, seed, path):
     results = processor.post_process_panoptic_segmentation(
         outputs(class_logits, mask_logits, official_pixel_mask(valid_sizes, padded_size)),
         threshold=0.5,
-        overlap_mask_area_threshold=0.5,
+        mask_threshold=mask_threshold,
+        overlap_mask_area_threshold=overlap,
         target_sizes=target_sizes,
     )
     num_segments = 0
     for b, result in enumerate(results):
         masks = reference_masks(mask_logits[b].numpy(), padded_size, valid_sizes[b], target_sizes[b])
         expected_segmentation, expected_segments = reference_panoptic(
-            class_logits[b].numpy(), masks, thing_ids, threshold=0.5, overlap=0.5
+            class_logits[b].numpy(), masks, thing_ids, threshold=0.5, overlap=overlap, mask_threshold=mask_threshold
         )
         assert np.array_equal(result["segmentation"].numpy(), expected_segmentation)
         segments = [(s["id"], s["label_id"], not s["was_fused"]) for s in result["segments_info"]]
@@ -391,8 +395,8 @@ def test_panoptic_matches_reference(monkeypatch, seed, path):
 
 
 @pytest.mark.parametrize("one_at_a_time", [False, True], ids=["all queries", "one query at a time"])
-@pytest.mark.parametrize("seed", [4, 5])
-def test_instances_match_reference(monkeypatch, seed, one_at_a_time):
+@pytest.mark.parametrize("seed, mask_threshold", [(4, 0.5), (5, 0.5), (4, 0.0), (5, 0.7)])
+def test_instances_match_reference(monkeypatch, seed, mask_threshold, one_at_a_time):
     if one_at_a_time:
         one_query_at_a_time(monkeypatch)
     class_logits, mask_logits = random_outputs(seed, num_queries=5, num_labels=4)
@@ -400,16 +404,13 @@ def test_instances_match_reference(monkeypatch, seed, one_at_a_time):
     thing_ids = [0, 2, 3]
     processor = PEMImageProcessor(thing_ids=thing_ids, test_topk_per_image=12)
     model_outputs = outputs(class_logits, mask_logits, official_pixel_mask(valid_sizes, padded_size))
-    maps = processor.post_process_instance_segmentation(
-        model_outputs, target_sizes=target_sizes, return_binary_maps=True
-    )
-    id_maps = processor.post_process_instance_segmentation(model_outputs, target_sizes=target_sizes)
-    encodings = processor.post_process_instance_segmentation(
-        model_outputs, target_sizes=target_sizes, return_coco_annotation=True
-    )
+    settings = {"target_sizes": target_sizes, "mask_threshold": mask_threshold}
+    maps = processor.post_process_instance_segmentation(model_outputs, return_binary_maps=True, **settings)
+    id_maps = processor.post_process_instance_segmentation(model_outputs, **settings)
+    encodings = processor.post_process_instance_segmentation(model_outputs, return_coco_annotation=True, **settings)
     for b in range(2):
         masks = reference_masks(mask_logits[b].numpy(), padded_size, valid_sizes[b], target_sizes[b])
-        expected = reference_instances(class_logits[b].numpy(), masks, thing_ids, top_k=12)
+        expected = reference_instances(class_logits[b].numpy(), masks, thing_ids, 12, mask_threshold)
         info = maps[b]["segments_info"]
         assert [s["id"] for s in info] == list(range(len(expected)))
         assert [s["label_id"] for s in info] == [label for _, label, _ in expected]
@@ -483,6 +484,15 @@ def test_pipeline_keyword_arguments():
     assert len(panoptic["segments_info"]) == 3 and len(instances["segments_info"]) == 2
     assert semantic.dtype == torch.int64
     assert torch.equal(semantic, torch.tensor([[0, 0], [1, 1]]).repeat_interleave(8, 0).repeat_interleave(8, 1))
+
+
+@pytest.mark.parametrize("dtype", [bool, np.uint8, np.int64])
+def test_binary_mask_to_rle_takes_tensors_and_arrays(dtype):
+    mask = np.random.default_rng(0).random((7, 9)) > 0.6
+    mask[0, 0] = mask[-1, -1] = True  # runs at both ends of the flattened mask
+    expected = reference_rle(mask)
+    assert post_processing_pem.binary_mask_to_rle(mask.astype(dtype)) == expected
+    assert post_processing_pem.binary_mask_to_rle(torch.from_numpy(mask.astype(dtype))) == expected
 
 
 def test_instance_formats():

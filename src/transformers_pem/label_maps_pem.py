@@ -251,6 +251,11 @@ def crop_and_resize(maps: torch.Tensor, valid_size: tuple[int, int], target_size
 THRESHOLD_MARGIN = 1e-3
 
 
+def probability_logit(probability: float) -> float:
+    """The logit of a probability in [0, 1): exactly 0.0 for 0.5, -inf for 0 (every logit reaches it)."""
+    return -math.inf if probability == 0 else math.log(probability / (1.0 - probability))
+
+
 def panoptic_maps(
     scores: Tensor,
     mask_logits: Tensor,
@@ -267,7 +272,7 @@ def panoptic_maps(
     beats every other query's upper bound, and no mask crosses the threshold inside the window, the window decides all
     its pixels. The other pixels (borders of masks) are computed exactly, a chunk at a time.
     """
-    threshold_logit = math.log(mask_threshold / (1.0 - mask_threshold))
+    threshold_logit = probability_logit(mask_threshold)
     rows, cols, window_index = _resize_grid(mask_logits, padded_size, valid_size, target_size)
     num_queries = len(scores)
     low, high = (bound.flatten(1) for bound in _window_bounds(mask_logits, (rows.window, cols.window)))

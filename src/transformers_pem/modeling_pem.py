@@ -177,7 +177,8 @@ class PEMPreTrainedModel(PreTrainedModel):
         "PEMDeformableLayer",
         "STDCCatBottleneck",
         "STDCAddBottleneck",
-        "ResNetStage",
+        "PEMResNetStage",
+        "TimmBackbone",  # timm's blocks have many names: a timm backbone stays whole
     ]
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs) -> None:
@@ -188,6 +189,18 @@ class PEMPreTrainedModel(PreTrainedModel):
             timm_model = getattr(module, "_backbone", None)
             if type(module).__name__ == "TimmBackbone" and hasattr(timm_model, "set_grad_checkpointing"):
                 timm_model.set_grad_checkpointing(enable)
+
+    def set_attn_implementation(self, attn_implementation: str | dict) -> None:
+        """Sets the decoder's self-attention implementation (`"eager"` or `"sdpa"`), and the backbone's where it has
+        one: an attention-free backbone (STDC, transformers' ResNet) refuses any request but eager, and keeps its own."""
+        if isinstance(attn_implementation, str):
+            pixel_level_module = next(m for m in self.modules() if isinstance(m, PEMPixelLevelModule))
+            encoder = pixel_level_module.encoder
+            try:
+                encoder._check_and_adjust_attn_implementation(attn_implementation, is_init_check=False)
+            except ValueError:
+                attn_implementation = {"": attn_implementation, "backbone_config": encoder.config._attn_implementation}
+        super().set_attn_implementation(attn_implementation)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """`PreTrainedModel.save_pretrained`; with the classes registered for trust_remote_code (done by `import
@@ -424,6 +437,18 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
                 "Load the checkpoint again to train."
             )
         return super().train(mode)
+
+    def set_attn_implementation(self, attn_implementation: str | dict) -> None:
+        """Sets the decoder's self-attention implementation (`"eager"` or `"sdpa"`), and the backbone's where it has
+        one: an attention-free backbone (STDC, transformers' ResNet) refuses any request but eager, and keeps its own."""
+        if isinstance(attn_implementation, str):
+            pixel_level_module = next(m for m in self.modules() if isinstance(m, PEMPixelLevelModule))
+            encoder = pixel_level_module.encoder
+            try:
+                encoder._check_and_adjust_attn_implementation(attn_implementation, is_init_check=False)
+            except ValueError:
+                attn_implementation = {"": attn_implementation, "backbone_config": encoder.config._attn_implementation}
+        super().set_attn_implementation(attn_implementation)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self.batch_norm_folded:

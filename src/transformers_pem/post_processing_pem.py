@@ -4,11 +4,13 @@ size."""
 
 import math
 
+import numpy as np
 import torch
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 from .configuration_pem import MASK_STRIDE
 from .label_maps_pem import (
+    probability_logit,
     FULL_MAP_ELEMENTS,
     best_instance_map,
     crop_and_resize,
@@ -21,11 +23,13 @@ from .label_maps_pem import (
 )
 
 
-def binary_mask_to_rle(mask: torch.Tensor) -> list[int]:
+def binary_mask_to_rle(mask: torch.Tensor | np.ndarray) -> list[int]:
     """
-    Run-length encoding of a binary `(height, width)` mask in Mask2Former's format: `[start_1, length_1, start_2,
-    length_2, ...]`, with 1-based starts of the runs of ones in the row-major flattened mask.
+    Run-length encoding of a binary `(height, width)` mask (tensor or array) in Mask2Former's format: `[start_1,
+    length_1, start_2, length_2, ...]`, with 1-based starts of the runs of ones in the row-major flattened mask.
     """
+    if isinstance(mask, np.ndarray):
+        mask = torch.from_numpy(mask)
     pixels = torch.cat([mask.new_zeros(1), mask.flatten(), mask.new_zeros(1)]).to(torch.int8)
     changes = torch.nonzero(pixels[1:] != pixels[:-1]).flatten() + 1
     changes[1::2] -= changes[::2].clone()
@@ -57,11 +61,12 @@ def _padded_and_valid_sizes(
     return tuple(pixel_mask.shape[-2:]), sizes
 
 
-def _check_fraction(name: str, value: float, open_interval: bool = False) -> None:
-    """A threshold on probabilities or area fractions: in [0, 1], or (0, 1) where both ends would keep or drop all."""
-    valid = 0.0 < value < 1.0 if open_interval else 0.0 <= value <= 1.0
+def _check_fraction(name: str, value: float, below_one: bool = False) -> None:
+    """A threshold on probabilities or area fractions: in [0, 1], or [0, 1) for a mask probability (no finite mask
+    logit reaches 1; 0 keeps every pixel, as Mask2Former's does)."""
+    valid = 0.0 <= value < 1.0 if below_one else 0.0 <= value <= 1.0
     if not valid:
-        interval = "(0, 1)" if open_interval else "[0, 1]"
+        interval = "[0, 1)" if below_one else "[0, 1]"
         raise ValueError(f"{name} must be in {interval}, got {value}.")
 
 
@@ -244,7 +249,7 @@ class PEMPostProcessingMixin:
         if overlap_mask_area_threshold is None:
             overlap_mask_area_threshold = self.overlap_threshold
         _check_fraction("threshold", threshold)
-        _check_fraction("mask_threshold", mask_threshold, open_interval=True)
+        _check_fraction("mask_threshold", mask_threshold, below_one=True)
         _check_fraction("overlap_mask_area_threshold", overlap_mask_area_threshold)
         if label_ids_to_fuse is None:
             label_ids_to_fuse = set(range(num_labels)) - set(self._thing_ids(num_labels))
@@ -339,8 +344,8 @@ class PEMPostProcessingMixin:
         if return_coco_annotation and return_binary_maps:
             raise ValueError("return_coco_annotation and return_binary_maps cannot both be True.")
         _check_fraction("threshold", threshold)
-        _check_fraction("mask_threshold", mask_threshold, open_interval=True)
-        mask_logit_threshold = math.log(mask_threshold / (1.0 - mask_threshold))  # exactly 0.0 for 0.5
+        _check_fraction("mask_threshold", mask_threshold, below_one=True)
+        mask_logit_threshold = probability_logit(mask_threshold)
         class_logits, mask_logits, padded_size, valid_sizes, target_sizes = self._unpack_outputs(
             outputs, target_sizes, pixel_mask
         )
