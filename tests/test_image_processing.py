@@ -277,6 +277,16 @@ def test_input_formats_give_the_same_pixel_values(processor_class, name):
     np.testing.assert_allclose(pixel_values[0, :, :20, :30].numpy(), expected.transpose(2, 0, 1), atol=1e-5)
 
 
+@pytest.mark.parametrize("mean, std", [([0.4], [0.2]), (0.4, 0.2)])
+@pytest.mark.parametrize("processor_class", BACKENDS)
+def test_one_channel_statistics_apply_to_every_channel(processor_class, mean, std):
+    processor = processor_class(do_resize=False, image_mean=mean, image_std=std)
+    pixel_values = processor(GRAY, return_tensors="pt")["pixel_values"]
+    expected = (GRAY.astype(np.float32) / 255 - 0.4) / 0.2  # rescaled to [0, 1], then normalised
+    assert pixel_values.shape == (1, 3, 32, 32)
+    np.testing.assert_allclose(pixel_values[0, :, :20, :30].numpy(), np.stack([expected] * 3), atol=1e-5)
+
+
 def test_rgba_is_composited_on_white():
     rgba = np.zeros((20, 30, 4), np.uint8)  # fully transparent
     pixel_values = PEMImageProcessor(do_resize=False)(rgba, return_tensors="pt")["pixel_values"]

@@ -182,12 +182,14 @@ REMOTE_CODE_SCRIPT = textwrap.dedent(
     inputs = processor(image, return_tensors="pt")
     with torch.no_grad():
         logits = model(**inputs).class_queries_logits
+    pil_processor = AutoImageProcessor.from_pretrained(directory, trust_remote_code=True, backend="pil")
     segmenter = pipeline("image-segmentation", model=directory, trust_remote_code=True)
     annotations = segmenter(image, subtask="panoptic", threshold=0.3, overlap_mask_area_threshold=0.5)
     print(json.dumps({
         "classes": [type(config).__name__, type(model).__name__, type(semantic_model).__name__,
-                    type(processor).__name__],
-        "modules": [type(model).__module__, type(processor).__module__],
+                    type(processor).__name__, type(pil_processor).__name__],
+        "modules": [type(model).__module__, type(processor).__module__, type(pil_processor).__module__],
+        "pil_pixel_values": pil_processor(image, return_tensors="pt")["pixel_values"].tolist(),
         "logits": logits.tolist(),
         "labels": [a["label"] for a in annotations],
         "mask_sums": [int((np.asarray(a["mask"]) > 0).sum()) for a in annotations],
@@ -225,8 +227,11 @@ def test_trust_remote_code_in_a_fresh_process(checkpoint, tmp_path):
         "PEMForUniversalSegmentation",
         "PEMForUniversalSegmentation",
         "PEMImageProcessor",
+        "PEMImageProcessorPil",
     ]
     assert all(module.startswith("transformers_modules.") for module in result["modules"])
+    pil_inputs = PEMImageProcessorPil.from_pretrained(directory)(IMAGE, return_tensors="pt")
+    torch.testing.assert_close(torch.tensor(result["pil_pixel_values"]), pil_inputs["pixel_values"])
 
     inputs = processor(IMAGE, return_tensors="pt")
     with torch.no_grad():
@@ -235,6 +240,33 @@ def test_trust_remote_code_in_a_fresh_process(checkpoint, tmp_path):
     expected = direct_results(model, processor, "panoptic")
     assert result["labels"] == [ID2LABEL[s["label_id"]] for s in expected["segments_info"]]
     assert result["mask_sums"] == [int((expected["segmentation"] == s["id"]).sum()) for s in expected["segments_info"]]
+
+
+PROCESSOR_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from transformers import AutoImageProcessor
+
+    processors = [AutoImageProcessor.from_pretrained(sys.argv[1], trust_remote_code=True, **kwargs)
+                  for kwargs in ({}, {"backend": "pil"}, {"backend": "torchvision"})]
+    print(json.dumps({
+        "classes": [type(processor).__name__ for processor in processors],
+        "thing_ids": [processor.thing_ids for processor in processors],
+        "imported_transformers_pem": "transformers_pem" in sys.modules,
+    }))
+    """
+)
+
+
+@pytest.mark.parametrize("saved", [PEMImageProcessor, PEMImageProcessorPil])
+def test_a_saved_processor_of_either_backend_loads_both_in_a_fresh_process(saved, tmp_path):
+    directory = tmp_path / "processor"
+    saved.from_preset("pem-r50-ade20k-panoptic").save_pretrained(directory)
+    assert {"image_processing_pem.py", "image_processing_pem_pil.py"} <= {path.name for path in directory.iterdir()}
+    result = run_in_fresh_process(PROCESSOR_SCRIPT, directory, tmp_path)
+    assert not result["imported_transformers_pem"]
+    assert result["classes"] == ["PEMImageProcessor", "PEMImageProcessorPil", "PEMImageProcessor"]
+    assert result["thing_ids"] == [PEMImageProcessor.from_preset("pem-r50-ade20k-panoptic").thing_ids] * 3
 
 
 @pytest.mark.slow

@@ -46,6 +46,7 @@ AutoImageProcessor.register(
 PEMConfig.register_for_auto_class()
 PEMForUniversalSegmentation.register_for_auto_class("AutoModelForUniversalSegmentation")
 PEMImageProcessor.register_for_auto_class("AutoImageProcessor")
+PEMImageProcessorPil.register_for_auto_class("AutoImageProcessor")
 
 # The applications' public names, each imported from its module on first use: they need the package's extras.
 _LAZY_ATTRIBUTES = {

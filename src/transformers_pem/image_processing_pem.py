@@ -274,15 +274,25 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
 
     def to_dict(self) -> dict:
         """
-        The saved settings. A saved `auto_map` names the processor per backend (`{"torchvision": ...}`, a form
-        `AutoImageProcessor` reads): transformers' pipeline also asks `AutoVideoProcessor`, which derives a
-        "PEMVideoProcessor" from a plain string entry and asks "run custom code? [y/N]" (15 s in a terminal), and
-        which gives up at once on the per-backend form.
+        The saved settings. A saved `auto_map` names the processor of each backend (`{"torchvision": ..., "pil":
+        ...}`, a form `AutoImageProcessor` reads), so that either loads with trust_remote_code, whichever was saved;
+        the per-backend form also keeps transformers' pipeline from asking `AutoVideoProcessor`, which derives a
+        "PEMVideoProcessor" from a plain string entry and asks "run custom code? [y/N]" (15 s in a terminal).
         """
+        # Imported here, as the PIL module imports this one; written as a relative import, it also makes
+        # transformers copy the PIL module beside this one when it saves or loads the processor's code.
+        from .image_processing_pem_pil import PEMImageProcessorPil
+
         output = super().to_dict()
         auto_map = output.get("auto_map") or {}
-        if isinstance(auto_map.get("AutoImageProcessor"), str):
-            output["auto_map"] = {**auto_map, "AutoImageProcessor": {"torchvision": auto_map["AutoImageProcessor"]}}
+        if "AutoImageProcessor" in auto_map:
+            backends = {"torchvision": PEMImageProcessor, "pil": PEMImageProcessorPil}
+            output["auto_map"] = {
+                **auto_map,
+                "AutoImageProcessor": {
+                    backend: f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}" for backend, cls in backends.items()
+                },
+            }
         return output
 
     def preprocess(

@@ -24,6 +24,19 @@ class PEMImageProcessorPil(PEMImageProcessorMixin, PilBackend):
             image = np.clip(np.round(image), 0, 255).astype(np.uint8)
         return super().resize(image, official_resize_size(image.shape[-2:], size), resample=resample, **kwargs)
 
+    def normalize(
+        self, image: np.ndarray, mean: float | list[float], std: float | list[float], **kwargs
+    ) -> np.ndarray:
+        """Normalise a channels-first image; a one-element `mean` or `std` applies to every channel, as with the
+        torchvision backend."""
+        mean, std = (
+            np.broadcast_to(np.asarray(value, dtype=np.float64).reshape(-1), image.shape[:1]).tolist()
+            if np.size(value) == 1
+            else value
+            for value in (mean, std)
+        )
+        return super().normalize(image, mean, std, **kwargs)
+
     def _preprocess(
         self,
         images: list[np.ndarray],
