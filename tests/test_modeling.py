@@ -530,3 +530,159 @@ def test_inference_runs_a_folded_copy_and_the_model_stays_trainable(tmp_path, ba
     model.double()
     with torch.no_grad():
         assert model(pixel_values.double()).masks_queries_logits.dtype == torch.float64
+
+
+# --------------------------------------------------------------------------------------------------- activation
+# checkpointing, attention outputs, SDPA
+
+CHECKPOINTING_BACKBONES = {
+    "stdc": STDCConfig(base_channels=16, layers=[1, 1, 1]),
+    "stdc-add": STDCConfig(base_channels=16, layers=[1, 1, 1], block_type="add"),
+    "resnet": ResNetConfig(
+        depths=[1, 1, 1, 1],
+        hidden_sizes=[16, 24, 32, 48],
+        embedding_size=16,
+        layer_type="basic",
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    ),
+    "timm": TimmBackboneConfig(backbone="test_resnet", out_indices=[1, 2, 3, 4], num_channels=3),
+}
+
+
+def training_step(model: PEMForUniversalSegmentation, seed: int = 0) -> dict[str, torch.Tensor]:
+    """One loss + backward on the synthetic batch (the loss's point sampling drawn from `seed`); the gradients."""
+    images, mask_labels, class_labels = synthetic_batch()
+    torch.manual_seed(seed)
+    model(images, mask_labels=mask_labels, class_labels=class_labels).loss.backward()
+    return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
+
+
+@pytest.mark.parametrize("backbone", list(CHECKPOINTING_BACKBONES))
+def test_activation_checkpointing_gives_the_plain_gradients_and_recomputes_every_block(backbone):
+    torch.manual_seed(0)
+    plain = PEMForUniversalSegmentation(tiny_config(backbone_config=CHECKPOINTING_BACKBONES[backbone])).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable()
+    # Count the forward passes of each checkpointing block: the backward pass runs each a second time.
+    blocks = {
+        name: module
+        for name, module in checkpointed.named_modules()
+        if getattr(module, "gradient_checkpointing", False) is True
+    }
+    expected_kinds = {"PEMDecoderLayer", "PEMDeformableLayer", "PEMConvNormReLU", "PEMContextModulation"}
+    expected_kinds |= {"stdc": {"STDCCatBottleneck"}, "stdc-add": {"STDCAddBottleneck"}}.get(backbone, set())
+    expected_kinds |= {"resnet": {"PEMResNetStage"}}.get(backbone, set())
+    assert expected_kinds <= {type(module).__name__ for module in blocks.values()}
+    # The calls of every leaf module: the backward pass recomputes the blocks, so a leaf inside one runs twice.
+    calls = {"plain": {}, "checkpointed": {}}
+    for run, model in (("plain", plain), ("checkpointed", checkpointed)):
+        for name, module in model.named_modules():
+            if not list(module.children()):
+                counts = calls[run]
+                module.register_forward_hook(
+                    lambda *_, name=name, counts=counts: counts.update({name: counts.get(name, 0) + 1})
+                )
+
+    plain_gradients, checkpointed_gradients = training_step(plain), training_step(checkpointed)
+    if backbone == "timm":  # timm checkpoints its own stages (its `set_grad_checkpointing`)
+        blocks["model.pixel_level_module.encoder"] = checkpointed.model.pixel_level_module.encoder
+    # torch stops a recomputation once it has what the backward pass needs: a block's last leaves may not rerun.
+    recomputed = {name for name, count in calls["plain"].items() if calls["checkpointed"][name] == 2 * count}
+    for block in blocks:
+        assert any(name.startswith(f"{block}.") for name in recomputed), f"{block} is not recomputed"
+    for name, count in calls["plain"].items():
+        if not any(name.startswith(f"{block}.") for block in blocks):
+            assert calls["checkpointed"][name] == count, f"{name} is outside the checkpointed blocks"
+    for name, gradient in plain_gradients.items():
+        torch.testing.assert_close(checkpointed_gradients[name], gradient, rtol=0, atol=0, msg=name)
+    if backbone != "timm":  # timm's recomputation updates its BatchNorm statistics a second time
+        # The BatchNorm running statistics and counters are the plain step's (one update per step).
+        plain_buffers = dict(plain.named_buffers())
+        for name, buffer in checkpointed.named_buffers():
+            torch.testing.assert_close(buffer, plain_buffers[name], rtol=0, atol=0, msg=name)
+
+    checkpointed.gradient_checkpointing_disable()
+    assert not any(getattr(module, "gradient_checkpointing", False) for module in checkpointed.modules())
+
+
+def test_the_reentrant_checkpoint_gives_the_plain_gradients():
+    torch.manual_seed(0)
+    plain = PEMForUniversalSegmentation(tiny_config()).train()
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable({"use_reentrant": True})
+    plain_gradients, checkpointed_gradients = training_step(plain), training_step(checkpointed)
+    # The reentrant backward adds the gradient of a shared input (the query embeddings) in another order: equal to
+    # float rounding, where the default (non-reentrant) checkpoint is exact.
+    for name, gradient in plain_gradients.items():
+        torch.testing.assert_close(checkpointed_gradients[name], gradient, rtol=1e-6, atol=1e-8, msg=name)
+
+
+def reference_self_attention(layer, query_key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """`nn.MultiheadAttention` (the official layer) in float64 with the same weights: output and per-head weights."""
+    attention = torch.nn.MultiheadAttention(query_key.shape[-1], layer.num_heads, batch_first=True).double()
+    attention.load_state_dict({key: tensor.double() for key, tensor in layer.state_dict().items()})
+    output, weights = attention(
+        query_key.double(), query_key.double(), value.double(), need_weights=True, average_attn_weights=False
+    )
+    return output, weights
+
+
+@pytest.mark.parametrize("implementation", ["eager", "sdpa"])
+def test_self_attention_equals_torch_multihead_attention(implementation):
+    from transformers_pem.transformer_decoder_pem import PEMSelfAttention
+
+    torch.manual_seed(0)
+    layer = PEMSelfAttention(32, 4)
+    torch.nn.init.normal_(layer.in_proj_weight, std=0.2)
+    torch.nn.init.normal_(layer.in_proj_bias, std=0.2)
+    query_key, value = torch.randn(2, 8, 32), torch.randn(2, 8, 32)
+    output, weights = layer(query_key, value, attn_implementation=implementation)
+    expected_output, expected_weights = reference_self_attention(layer, query_key, value)
+    torch.testing.assert_close(output.double(), expected_output, atol=1e-5, rtol=1e-5)
+    if implementation == "eager":
+        torch.testing.assert_close(weights.double(), expected_weights, atol=1e-6, rtol=1e-5)
+    else:
+        assert weights is None
+
+
+def test_attentions_are_the_decoder_self_attention_weights_and_sdpa_matches_eager():
+    torch.manual_seed(0)
+    config = tiny_config()
+    eager = PEMForUniversalSegmentation._from_config(config, attn_implementation="eager").eval().double()
+    sdpa = PEMForUniversalSegmentation._from_config(config, attn_implementation="sdpa").eval().double()
+    sdpa.load_state_dict(eager.state_dict())
+    images = synthetic_batch()[0].double()
+    with torch.no_grad():
+        plain = eager(images)
+        with_attentions = eager(images, output_attentions=True)
+        fast = sdpa(images)
+    attentions = with_attentions.attentions
+    assert len(attentions) == config.decoder_layers
+    for weights in attentions:
+        assert weights.shape == (2, config.num_attention_heads, config.num_queries, config.num_queries)
+        torch.testing.assert_close(weights.sum(-1), torch.ones_like(weights.sum(-1)))
+    assert plain.attentions is None
+    # Asking for the weights changes nothing else; in float64, SDPA gives the eager outputs to rounding.
+    torch.testing.assert_close(with_attentions.masks_queries_logits, plain.masks_queries_logits, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast.masks_queries_logits, plain.masks_queries_logits, rtol=0, atol=1e-10)
+    torch.testing.assert_close(fast.class_queries_logits, plain.class_queries_logits, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("backbone", list(CHECKPOINTING_BACKBONES))
+def test_attention_implementation_switches_and_attention_free_backbones_stay_eager(backbone):
+    model = PEMForUniversalSegmentation(tiny_config(backbone_config=CHECKPOINTING_BACKBONES[backbone]))
+    encoder = model.model.pixel_level_module.encoder
+    for implementation in ("eager", "sdpa", "eager"):
+        model.set_attn_implementation(implementation)
+        assert model.config._attn_implementation == implementation
+        expected = implementation if backbone == "timm" else "eager"  # timm's wrapper takes any
+        assert encoder.config._attn_implementation == expected
+
+
+def test_no_split_modules_name_blocks_that_exist():
+    names = set(PEMForUniversalSegmentation._no_split_modules)
+    found = set()
+    for backbone_config in CHECKPOINTING_BACKBONES.values():
+        model = PEMForUniversalSegmentation(tiny_config(backbone_config=backbone_config))
+        found |= {type(module).__name__ for module in model.modules()} & names
+    assert found == names

@@ -86,7 +86,7 @@ class PEMModelTester:
             decoder_layers=self.num_hidden_layers,
             conv_dim=self.conv_dim,
             enforce_input_projection=False,
-                        mask_dim=16,
+            mask_dim=16,
             dim_feedforward=32,
             train_num_points=64,
         )
@@ -153,7 +153,10 @@ class _PEMModelTest(ModelTesterMixin):
                 )
                 self.assertEqual(
                     [tuple(feature.shape) for feature in outputs.pixel_decoder_hidden_states],
-                    [(tester.batch_size, tester.conv_dim, height // stride, width // stride) for stride in (32, 16, 8)],
+                    [
+                        (tester.batch_size, tester.conv_dim, height // stride, width // stride)
+                        for stride in (32, 16, 8)
+                    ],
                 )
                 self.assertEqual(
                     [tuple(states.shape) for states in outputs.transformer_decoder_hidden_states],
