@@ -7,8 +7,8 @@ import copy
 import functools
 import math
 import unittest
-from unittest import mock
 from types import SimpleNamespace
+from unittest import mock
 
 import pytest
 import torch

@@ -192,7 +192,7 @@ class PEMPreTrainedModel(PreTrainedModel):
 
     def set_attn_implementation(self, attn_implementation: str | dict) -> None:
         """Sets the decoder's self-attention implementation (`"eager"` or `"sdpa"`), and the backbone's where it has
-        one: an attention-free backbone (STDC, transformers' ResNet) refuses any request but eager, and keeps its own."""
+        one: an attention-free backbone (STDC, transformers' ResNet) refuses any request but eager and keeps its own."""
         if isinstance(attn_implementation, str):
             pixel_level_module = next(m for m in self.modules() if isinstance(m, PEMPixelLevelModule))
             encoder = pixel_level_module.encoder
@@ -437,18 +437,6 @@ class PEMForUniversalSegmentation(PEMPreTrainedModel):
                 "Load the checkpoint again to train."
             )
         return super().train(mode)
-
-    def set_attn_implementation(self, attn_implementation: str | dict) -> None:
-        """Sets the decoder's self-attention implementation (`"eager"` or `"sdpa"`), and the backbone's where it has
-        one: an attention-free backbone (STDC, transformers' ResNet) refuses any request but eager, and keeps its own."""
-        if isinstance(attn_implementation, str):
-            pixel_level_module = next(m for m in self.modules() if isinstance(m, PEMPixelLevelModule))
-            encoder = pixel_level_module.encoder
-            try:
-                encoder._check_and_adjust_attn_implementation(attn_implementation, is_init_check=False)
-            except ValueError:
-                attn_implementation = {"": attn_implementation, "backbone_config": encoder.config._attn_implementation}
-        super().set_attn_implementation(attn_implementation)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         if self.batch_norm_folded:

@@ -2,21 +2,19 @@
 `class_queries_logits` and `masks_queries_logits`, cropped to each image's valid region and resized to its output
 size."""
 
-import math
-
 import numpy as np
 import torch
 from transformers.image_processing_outputs import SemanticSegmentationPostProcessorOutput
 
 from .configuration_pem import MASK_STRIDE
 from .label_maps_pem import (
-    probability_logit,
     FULL_MAP_ELEMENTS,
     best_instance_map,
     crop_and_resize,
     output_masks,
     panoptic_maps,
     panoptic_maps_in_chunks,
+    probability_logit,
     semantic_labels,
     semantic_scores,
     upsample,
