@@ -192,7 +192,7 @@ class PEMPreTrainedModel(PreTrainedModel):
 
     def set_attn_implementation(self, attn_implementation: str | dict) -> None:
         """Sets the decoder's self-attention implementation (`"eager"` or `"sdpa"`), and the backbone's where it has
-        one: an attention-free backbone (STDC, transformers' ResNet) refuses any request but eager and keeps its own."""
+        one: attention-free backbones (STDC, transformers' ResNet) refuse any request but eager and keep their own."""
         if isinstance(attn_implementation, str):
             pixel_level_module = next(m for m in self.modules() if isinstance(m, PEMPixelLevelModule))
             encoder = pixel_level_module.encoder
