@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from tiny_configs import TINY_DECODER
+from tiny_configs import TINY_BACKBONES, TINY_DECODER
 from transformers import (
     AutoConfig,
     AutoModel,
@@ -384,7 +384,7 @@ def model_with_batch_norm_statistics(backbone: str) -> PEMForUniversalSegmentati
         else STDCConfig(base_channels=16, layers=[1, 1, 1], block_type="add")
     )
     torch.manual_seed(0)
-    model = PEMForUniversalSegmentation(tiny_config(backbone_config=backbone_config))
+    model = PEMForUniversalSegmentation(tiny_config(backbone_config=copy.deepcopy(backbone_config)))
     generator = torch.Generator().manual_seed(1)
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
@@ -535,19 +535,6 @@ def test_inference_runs_a_folded_copy_and_the_model_stays_trainable(tmp_path, ba
 # --------------------------------------------------------------------------------------------------- activation
 # checkpointing, attention outputs, SDPA
 
-CHECKPOINTING_BACKBONES = {
-    "stdc": STDCConfig(base_channels=16, layers=[1, 1, 1]),
-    "stdc-add": STDCConfig(base_channels=16, layers=[1, 1, 1], block_type="add"),
-    "resnet": ResNetConfig(
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[16, 24, 32, 48],
-        embedding_size=16,
-        layer_type="basic",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    ),
-    "timm": TimmBackboneConfig(backbone="test_resnet", out_indices=[1, 2, 3, 4], num_channels=3),
-}
-
 
 def training_step(model: PEMForUniversalSegmentation, seed: int = 0) -> dict[str, torch.Tensor]:
     """One loss + backward on the synthetic batch (the loss's point sampling drawn from `seed`); the gradients."""
@@ -557,10 +544,10 @@ def training_step(model: PEMForUniversalSegmentation, seed: int = 0) -> dict[str
     return {name: parameter.grad.clone() for name, parameter in model.named_parameters()}
 
 
-@pytest.mark.parametrize("backbone", list(CHECKPOINTING_BACKBONES))
+@pytest.mark.parametrize("backbone", list(TINY_BACKBONES))
 def test_activation_checkpointing_gives_the_plain_gradients_and_recomputes_every_block(backbone):
     torch.manual_seed(0)
-    plain = PEMForUniversalSegmentation(tiny_config(backbone_config=CHECKPOINTING_BACKBONES[backbone])).train()
+    plain = PEMForUniversalSegmentation(tiny_config(backbone_config=copy.deepcopy(TINY_BACKBONES[backbone]))).train()
     checkpointed = copy.deepcopy(plain)
     checkpointed.gradient_checkpointing_enable()
     # Count the forward passes of each checkpointing block: the backward pass runs each a second time.
@@ -668,9 +655,9 @@ def test_attentions_are_the_decoder_self_attention_weights_and_sdpa_matches_eage
     torch.testing.assert_close(fast.class_queries_logits, plain.class_queries_logits, rtol=0, atol=1e-10)
 
 
-@pytest.mark.parametrize("backbone", list(CHECKPOINTING_BACKBONES))
+@pytest.mark.parametrize("backbone", list(TINY_BACKBONES))
 def test_attention_implementation_switches_and_attention_free_backbones_stay_eager(backbone):
-    model = PEMForUniversalSegmentation(tiny_config(backbone_config=CHECKPOINTING_BACKBONES[backbone]))
+    model = PEMForUniversalSegmentation(tiny_config(backbone_config=copy.deepcopy(TINY_BACKBONES[backbone])))
     encoder = model.model.pixel_level_module.encoder
     for implementation in ("eager", "sdpa", "eager"):
         model.set_attn_implementation(implementation)
@@ -682,7 +669,7 @@ def test_attention_implementation_switches_and_attention_free_backbones_stay_eag
 def test_no_split_modules_name_blocks_that_exist():
     names = set(PEMForUniversalSegmentation._no_split_modules)
     found = set()
-    for backbone_config in CHECKPOINTING_BACKBONES.values():
-        model = PEMForUniversalSegmentation(tiny_config(backbone_config=backbone_config))
+    for backbone_config in TINY_BACKBONES.values():
+        model = PEMForUniversalSegmentation(tiny_config(backbone_config=copy.deepcopy(backbone_config)))
         found |= {type(module).__name__ for module in model.modules()} & names
     assert found == names

@@ -13,8 +13,7 @@ from unittest import mock
 import pytest
 import torch
 from parameterized import parameterized
-from tiny_configs import TINY_STDC
-from transformers import ResNetConfig, TimmBackboneConfig
+from tiny_configs import TINY_BACKBONES
 from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
 from transformers_tests import transformers_tests_root
 
@@ -37,19 +36,6 @@ from tests.test_modeling_common import (  # noqa: E402
 # The common tests tell a base model from a head model by transformers' table of base models, where an in-tree PEM
 # would be listed (this process only).
 MODEL_MAPPING_NAMES.setdefault("pem", "PEMModel")
-
-# Tiny backbones of the three kinds PEM takes; each gives four feature maps at strides 4 to 32.
-BACKBONES = {
-    "stdc": TINY_STDC["backbone_config"],
-    "resnet": ResNetConfig(
-        depths=[1, 1, 1, 1],
-        hidden_sizes=[16, 24, 32, 48],
-        embedding_size=16,
-        layer_type="basic",
-        out_features=["stage1", "stage2", "stage3", "stage4"],
-    ),
-    "timm": TimmBackboneConfig(backbone="test_resnet", out_indices=(1, 2, 3, 4), num_channels=3),  # timm's tiny ResNet
-}
 
 
 class PEMModelTester:
@@ -77,7 +63,7 @@ class PEMModelTester:
 
     def get_config(self) -> PEMConfig:
         return PEMConfig(
-            backbone_config=copy.deepcopy(BACKBONES[self.backbone]),  # tests change their config
+            backbone_config=copy.deepcopy(TINY_BACKBONES[self.backbone]),
             num_labels=self.num_labels,
             thing_ids=[1, 2],
             num_queries=self.num_queries,

@@ -27,6 +27,22 @@ TINY_DECODER = {
 # A tiny STDC backbone (1 block per stage, 16 channels).
 TINY_STDC = {"backbone_config": {"model_type": "stdc", "base_channels": 16, "layers": [1, 1, 1]}}
 
+# Tiny backbones of the kinds PEM takes (STDC with either block, transformers' ResNet, timm's tiny ResNet), each giving
+# four feature maps at strides 4 to 32, as config dicts (`PEMConfig(backbone_config=...)` builds a fresh config).
+TINY_BACKBONES = {
+    "stdc": TINY_STDC["backbone_config"],
+    "stdc-add": {**TINY_STDC["backbone_config"], "block_type": "add"},
+    "resnet": {
+        "model_type": "resnet",
+        "depths": [1, 1, 1, 1],
+        "hidden_sizes": [16, 24, 32, 48],
+        "embedding_size": 16,
+        "layer_type": "basic",
+        "out_features": ["stage1", "stage2", "stage3", "stage4"],
+    },
+    "timm": {"model_type": "timm_backbone", "backbone": "test_resnet", "out_indices": [1, 2, 3, 4], "num_channels": 3},
+}
+
 
 def save_confident_cityscapes_checkpoint(directory: Path, shortest_edge: int = 64):
     """A tiny Cityscapes PEM whose queries are confident of road, car or person, saved with its processor (low
