@@ -75,14 +75,23 @@ def direct_results(model, processor, subtask):
 
 def test_checkpoint_carries_code_and_auto_map(checkpoint):
     directory, _, _ = checkpoint
-    for name in ("configuration_pem.py", "modeling_pem.py", "image_processing_pem.py", "labels_pem.py"):
+    for name in (
+        "configuration_pem.py",
+        "modeling_pem.py",
+        "image_processing_pem.py",
+        "image_processing_pem_pil.py",
+        "labels_pem.py",
+    ):
         assert (directory / name).is_file()
     auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
     assert auto_map["AutoConfig"] == "configuration_pem.PEMConfig"
     assert auto_map["AutoModelForUniversalSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
     assert auto_map["AutoModelForSemanticSegmentation"] == "modeling_pem.PEMForUniversalSegmentation"
     processor_auto_map = json.loads((directory / "preprocessor_config.json").read_text())["auto_map"]
-    assert processor_auto_map["AutoImageProcessor"] == {"torchvision": "image_processing_pem.PEMImageProcessor"}
+    assert processor_auto_map["AutoImageProcessor"] == {
+        "torchvision": "image_processing_pem.PEMImageProcessor",
+        "pil": "image_processing_pem_pil.PEMImageProcessorPil",
+    }
 
 
 def test_pipeline_from_a_path_asks_nothing(checkpoint, monkeypatch):
