@@ -177,7 +177,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--small", action="store_true", help="small models and sizes (what the tests run on CPU)")
     parser.add_argument("--output", type=Path, help="also write the JSON summary here")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error(f"--device must be cuda, cuda:N or cpu, got {args.device!r}.")
+    if device.type not in ("cuda", "cpu"):
+        parser.error(f"--device must be cuda, cuda:N or cpu, got {args.device!r}.")
+    if args.output is not None and not args.output.parent.is_dir():
+        parser.error(f"--output: the folder {args.output.parent} does not exist.")
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here: run on a machine with a GPU, or pass --device cpu --small.")
     small = args.small

@@ -45,3 +45,19 @@ def test_gpu_check_refuses_a_missing_gpu(capsys):
     with pytest.raises(SystemExit):
         gpu_check.main(["--device", "cuda"])
     assert "CUDA is not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--device", "gpu"], "--device must be"),
+        (["--device", "meta"], "--device must be"),
+        (["--device", "cpu", "--output", "/nonexistent-folder/summary.json"], "does not exist"),
+        (["--devcie", "cpu"], "unrecognized arguments"),
+    ],
+)
+def test_gpu_check_refuses_bad_arguments_in_one_line(arguments, message, capsys):
+    with pytest.raises(SystemExit):
+        load_script().main(arguments)
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
