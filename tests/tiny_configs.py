@@ -44,15 +44,18 @@ TINY_BACKBONES = {
 }
 
 
-def save_confident_cityscapes_checkpoint(directory: Path, shortest_edge: int = 64):
-    """A tiny Cityscapes PEM whose queries are confident of road, car or person, saved with its processor (low
-    panoptic thresholds, so that its random masks give segments). Returns the model and the processor."""
+def save_confident_cityscapes_checkpoint(directory: Path, shortest_edge: int = 64, backbone: str = "stdc"):
+    """A tiny Cityscapes PEM (a `TINY_BACKBONES` backbone) whose queries are confident of road, car or person, saved
+    with its processor (low panoptic thresholds, so that its random masks give segments). Returns the model and the
+    processor."""
     import torch
 
     from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 
     torch.manual_seed(0)
-    config = PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", **TINY_STDC, **TINY_DECODER)
+    config = PEMConfig.from_preset(
+        "pem-stdc1-cityscapes-panoptic", backbone_config=TINY_BACKBONES[backbone], **TINY_DECODER
+    )
     model = PEMForUniversalSegmentation(config).eval()
     with torch.no_grad():
         bias = torch.full((20,), -4.0)

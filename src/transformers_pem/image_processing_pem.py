@@ -2,12 +2,12 @@
 segmentation maps, and the official inference as post-processing (`post_processing_pem`)."""
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 import torch
 from torch import nn
-from torchvision.transforms.v2 import functional as tvF
 from transformers.image_processing_backends import TorchvisionBackend
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_transforms import group_images_by_shape, reorder_images
@@ -20,11 +20,14 @@ from transformers.image_utils import (
     SizeDict,
 )
 from transformers.processing_utils import ImagesKwargs, Unpack
-from transformers.utils import TensorType, logging
+from transformers.utils import TensorType, is_torchvision_available, logging
 
 from .configuration_pem import SIZE_DIVISOR
 from .post_processing_pem import PEMPostProcessingMixin, inference_settings
 from .presets_pem import get_preset, get_protocol
+
+if TYPE_CHECKING:
+    from torchvision.transforms.v2 import InterpolationMode
 
 logger = logging.get_logger(__name__)
 
@@ -405,9 +408,9 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
         for segmentation_map, mapping, image_size in zip(segmentation_maps, instance_id_to_semantic_id, image_sizes):
             if tuple(segmentation_map.shape) != image_size:
                 # float32 holds ids up to 2**24 exactly; nearest-exact samples pixel centres like PIL's NEAREST.
-                segmentation_map = tvF.resize(
-                    segmentation_map[None].float(), list(image_size), interpolation=tvF.InterpolationMode.NEAREST_EXACT
-                )[0].to(torch.int64)
+                segmentation_map = nn.functional.interpolate(
+                    segmentation_map[None, None].float(), size=image_size, mode="nearest-exact"
+                )[0, 0].to(torch.int64)
             masks, classes = convert_segmentation_map_to_binary_masks(
                 segmentation_map, mapping, ignore_index=ignore_index, do_reduce_labels=do_reduce_labels
             )
@@ -477,11 +480,21 @@ class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
     ```
     """
 
+    def __init__(self, **kwargs: Unpack[PEMImageProcessorKwargs]):
+        # transformers' torchvision backend fails deep inside its first resize without torchvision: say so here.
+        if not is_torchvision_available():
+            raise ImportError(
+                "PEMImageProcessor is the torchvision backend and needs torchvision: pip install torchvision, or use "
+                "PEMImageProcessorPil (AutoImageProcessor picks it when torchvision is missing, or with "
+                'backend="pil").'
+            )
+        super().__init__(**kwargs)
+
     def resize(
         self,
         image: torch.Tensor,
         size: SizeDict,
-        resample: "PILImageResampling | tvF.InterpolationMode | int | None" = None,
+        resample: "PILImageResampling | InterpolationMode | int | None" = None,
         **kwargs,
     ) -> torch.Tensor:
         """Resize with the official rule for `shortest_edge` / `longest_edge` sizes, else as the backend does."""
@@ -492,7 +505,7 @@ class PEMImageProcessor(PEMImageProcessorMixin, TorchvisionBackend):
         images: list[torch.Tensor],
         do_resize: bool,
         size: SizeDict,
-        resample: "PILImageResampling | tvF.InterpolationMode | None",
+        resample: "PILImageResampling | InterpolationMode | None",
         do_rescale: bool,
         rescale_factor: float,
         do_normalize: bool,

@@ -6,7 +6,6 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
-from torchvision.ops import deform_conv2d
 from transformers.backbone_utils import load_backbone
 from transformers.models.resnet.modeling_resnet import (
     ResNetBasicLayer,
@@ -14,12 +13,17 @@ from transformers.models.resnet.modeling_resnet import (
     ResNetConvLayer,
     ResNetStage,
 )
-from transformers.utils import ModelOutput
+from transformers.utils import ModelOutput, is_torchvision_available
 
 from .checkpointing_pem import PEMCheckpointingLayer
 from .configuration_pem import PEMConfig
 from .configuration_stdc import STDCConfig
 from .modeling_stdc import STDCBackbone
+
+# Only exported graphs call torchvision's operator (see PEMModulatedDeformConv): eager inference and training run
+# without torchvision, so a checkpoint's code also loads where it is not installed.
+if is_torchvision_available():
+    from torchvision.ops import deform_conv2d
 
 
 @dataclass
@@ -95,6 +99,10 @@ class PEMModulatedDeformConv(nn.Module):
         if torch.compiler.is_exporting():
             # Exported graphs keep torchvision's operator, which ONNX maps to its native `DeformConv`; the gather
             # below would become an ONNX loop that runs orders of magnitude slower.
+            if not is_torchvision_available():
+                raise ImportError(
+                    "Exporting PEM needs torchvision (its deformable convolution): pip install torchvision."
+                )
             return deform_conv2d(
                 hidden_states, offset, self.weight, self.bias, padding=self.kernel_size // 2, mask=modulation
             )
