@@ -98,7 +98,7 @@ def check_training(device: torch.device, size: tuple[int, int], small: bool) -> 
     for variant in ("plain", "amp", "checkpointing"):
         model = model_of(PRESETS[1], small).to(device).train()
         if variant == "checkpointing":
-            model.gradient_checkpointing_enable()
+            model.activation_checkpointing_enable()
         autocast_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
         scaler = torch.amp.GradScaler(device.type, enabled=variant == "amp" and device.type == "cuda")
         if device.type == "cuda":

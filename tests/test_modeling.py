@@ -549,7 +549,7 @@ def test_activation_checkpointing_gives_the_plain_gradients_and_recomputes_every
     torch.manual_seed(0)
     plain = PEMForUniversalSegmentation(tiny_config(backbone_config=copy.deepcopy(TINY_BACKBONES[backbone]))).train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.gradient_checkpointing_enable()
+    checkpointed.activation_checkpointing_enable()
     # Count the forward passes of each checkpointing block: the backward pass runs each a second time.
     blocks = {
         name: module
@@ -588,7 +588,7 @@ def test_activation_checkpointing_gives_the_plain_gradients_and_recomputes_every
         for name, buffer in checkpointed.named_buffers():
             torch.testing.assert_close(buffer, plain_buffers[name], rtol=0, atol=0, msg=name)
 
-    checkpointed.gradient_checkpointing_disable()
+    checkpointed.activation_checkpointing_disable()
     assert not any(getattr(module, "gradient_checkpointing", False) for module in checkpointed.modules())
 
 
@@ -596,7 +596,7 @@ def test_the_reentrant_checkpoint_gives_the_plain_gradients():
     torch.manual_seed(0)
     plain = PEMForUniversalSegmentation(tiny_config()).train()
     checkpointed = copy.deepcopy(plain)
-    checkpointed.gradient_checkpointing_enable({"use_reentrant": True})
+    checkpointed.activation_checkpointing_enable({"use_reentrant": True})
     plain_gradients, checkpointed_gradients = training_step(plain), training_step(checkpointed)
     # The reentrant backward adds the gradient of a shared input (the query embeddings) in another order: equal to
     # float rounding, where the default (non-reentrant) checkpoint is exact.

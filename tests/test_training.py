@@ -256,6 +256,28 @@ def test_training_saves_a_loadable_model(cityscapes_root, tmp_path):
         assert curves.format == "PNG" and curves.size == (1000, 400)
 
 
+def test_activation_checkpointing_trains_to_the_same_weights(cityscapes_root, tmp_path, monkeypatch):
+    """`activation_checkpointing` (`pem train --activation-checkpointing`) recomputes the blocks, whose gradients and
+    BatchNorm statistics are the plain run's: bit-identical weights."""
+    import transformers.modeling_utils
+
+    checkpoint, calls = transformers.modeling_utils.checkpoint, []
+
+    def counted_checkpoint(*args, **kwargs):
+        calls.append(1)
+        return checkpoint(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.modeling_utils, "checkpoint", counted_checkpoint)
+    config = dict(data_root=cityscapes_root, preset="pem-stdc1-cityscapes-semantic", config_overrides=TINY,
+                  scale=0.0625, batch_size=2, max_steps=2, eval_every=0, save_every=0)  # fmt: skip
+    plain = train(TrainingConfig(output_dir=tmp_path / "plain", **config))
+    assert calls == []
+    checkpointed = train(TrainingConfig(output_dir=tmp_path / "checkpointed", activation_checkpointing=True, **config))
+    assert len(calls) >= 2 * 8  # per step at least the 3 STDC stages, 3 pixel-decoder blocks, 2 decoder layers
+    assert checkpointed["last_losses"] == plain["last_losses"]
+    assert checkpointed["weights_sha256"] == plain["weights_sha256"]
+
+
 def _complete(path: Path) -> bool:
     return (path / "trainer_state.json").exists()
 

@@ -67,9 +67,12 @@ class ModelSpec:
     # copy); "unfolded", `fold_for_inference = False` (the model as trained); "compiled", `fold_batch_norm()`, then
     # `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused);
     # "onnx", exported (`deploy.onnx_export.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that
-    # graph with static int8 quantization (QDQ, per-channel weights) calibrated on random inputs.
+    # graph with static int8 quantization (QDQ, per-channel weights) calibrated on random inputs. Not for inference:
+    # "checkpointing", trained with activation checkpointing (`activation_checkpointing_enable()`), measured in the
+    # training sections only.
     optimization: str | None = None
-    # The eager, unoptimised model of the same architecture whose outputs the optimised one is compared with.
+    # The eager, unoptimised model of the same architecture whose outputs (inference) or step time and peak memory
+    # (training) the variant is compared with.
     baseline: str | None = None
 
 
@@ -108,6 +111,10 @@ def _pem_spec(backbone: str, optimization: str | None = None) -> ModelSpec:
 ONNX_OPTIMIZATIONS = ("onnx", "onnx-int8")
 
 
+# Variants measured in the training sections only (their inference is the plain model's).
+TRAINING_VARIANTS = ("checkpointing",)
+
+
 # Random inputs that calibrate the int8 activation ranges: they set the accuracy, not the speed, of the graph.
 CALIBRATION_INPUTS = 4
 
@@ -133,6 +140,9 @@ MODELS = {
         _pem_spec("r50", "onnx-int8"),
         _pem_spec("stdc1", "onnx-int8"),
         _pem_spec("stdc2", "onnx-int8"),
+        _pem_spec("r50", "checkpointing"),
+        _pem_spec("stdc1", "checkpointing"),
+        _pem_spec("stdc2", "checkpointing"),
         ModelSpec(
             name=REFERENCE_MODEL,
             model_class=Mask2FormerForUniversalSegmentation,
@@ -156,6 +166,8 @@ def build_model(
         return _onnx_model(model, optimization, seed)
     if optimization == "unfolded":
         model.fold_for_inference = False
+    if optimization == "checkpointing":
+        model.activation_checkpointing_enable()
     if optimization == "compiled":
         model.fold_batch_norm()
     if optimization == "compiled":

@@ -88,6 +88,7 @@ TRAINING_COLUMNS = [
     ("Steps/s", lambda e: _number(e["steps_per_s"], 3)),
     ("Images/s", lambda e: _number(e["images_per_s"], 3)),
     ("× ref", lambda e: _number(e["speedup_vs_reference"]["step_s"], suffix="×")),
+    ("× baseline", lambda e: _number(e.get("speedup_vs_baseline"), suffix="×")),
 ]
 
 
@@ -126,6 +127,7 @@ MEMORY_COLUMNS = [
     ("Peak", lambda e: _number(e["peak_mb"], 0)),
     ("Increase", lambda e: _number(e["increase_mb"], 0)),
     ("Peak with post-processing", lambda e: _number(e["with_post_processing_peak_mb"], 0)),
+    ("Peak / baseline", lambda e: _number(e.get("peak_vs_baseline"))),
 ]
 
 
@@ -192,7 +194,14 @@ def format_markdown(results: dict[str, Any]) -> str:
             ]
             lines += _table(THROUGHPUT_COLUMNS, throughput)
     if results["training"]:
-        lines += ["", "## Training step (forward with the loss, backward, AdamW; synthetic targets)", ""]
+        lines += [
+            "",
+            "## Training step (forward with the loss, backward, AdamW; synthetic targets)",
+            "",
+            "`-checkpointing`: with activation checkpointing (`activation_checkpointing_enable()`); `× baseline`: the "
+            "plain model's median step time / the variant's, in the same run.",
+            "",
+        ]
         lines += _table(TRAINING_COLUMNS, results["training"])
     lines += ["", "## Parameters (millions)", ""]
     lines += _table(PARAMETER_COLUMNS, results["parameters"])
@@ -215,7 +224,8 @@ def format_markdown(results: dict[str, Any]) -> str:
             "",
             f"Method: {settings['memory_method']}. `Before`: with the model and its inputs loaded (on CPU including "
             "the Python and PyTorch runtime); `Peak`: during the forward pass or training step; `Increase`: Peak - "
-            "Before; `Peak with post-processing`: the peak of the forward pass followed by the post-processing.",
+            "Before; `Peak with post-processing`: the peak of the forward pass followed by the post-processing; "
+            "`Peak / baseline`: a variant's peak over the plain model's.",
             "",
         ]
         lines += _table(MEMORY_COLUMNS, results["memory"])

@@ -20,9 +20,10 @@ from transformers_pem.inference.precision import PRECISIONS
 
 from .complexity import count_gmacs, count_parameters
 from .memory import measure_peak_memory_isolated
-from .models import ONNX_OPTIMIZATIONS, REFERENCE_MODEL, ModelSpec, Scenario, build_model
+from .models import ONNX_OPTIMIZATIONS, REFERENCE_MODEL, TRAINING_VARIANTS, ModelSpec, Scenario, build_model
 from .timing import (
     MAX_THROUGHPUT_PIXELS,
+    SETTING_KEYS,
     THROUGHPUT_BATCH_SIZES,
     add_speedups,
     log,
@@ -149,7 +150,7 @@ def run_benchmark(
             for spec in specs
         }
         for name, model in models.items():
-            if name not in run.outside_torch:
+            if name not in run.outside_torch | run.training_only:
                 results["parameters"].append({"model": name, "num_labels": num_labels, **count_parameters(model)})
         for scenario in group_sizes:
             if gmacs:
@@ -157,7 +158,7 @@ def run_benchmark(
             run.time_inference(models, processors if post_processing else None, scenario, batch_size)
             if end_to_end:
                 run.time_end_to_end(models, configs, processors, scenario)
-        trainable = {spec.name: models[spec.name] for spec in specs if spec.optimization is None}
+        trainable = {spec.name: models[spec.name] for spec in specs if spec.optimization in (None, *TRAINING_VARIANTS)}
         for scenario in group_train_sizes:
             for precision in precisions:
                 results["training"] += time_training(
@@ -172,7 +173,22 @@ def run_benchmark(
 
     add_speedups(results["inference"], ("forward_s", "with_post_processing_s"), reference)
     add_speedups(results["training"], ("step_s",), reference)
+    add_baseline_ratios(results, {spec.name: spec.baseline for spec in specs if spec.baseline})
     return results
+
+
+def add_baseline_ratios(results: dict[str, Any], baselines: dict[str, str]) -> None:
+    """For the variants of a baseline model, in the baseline's setting of the same run: `speedup_vs_baseline` of
+    a training step (baseline median time / the variant's), `peak_vs_baseline` of memory (the variant's peak / the
+    baseline's); None for other entries or without the baseline."""
+    steps = {(e["model"], *(e[k] for k in SETTING_KEYS)): e["step_s"]["median"] for e in results["training"]}
+    for entry in results["training"]:
+        baseline = steps.get((baselines.get(entry["model"]), *(entry[k] for k in SETTING_KEYS)))
+        entry["speedup_vs_baseline"] = None if baseline is None else baseline / entry["step_s"]["median"]
+    peaks = {(e["model"], e["mode"], *(e[k] for k in SETTING_KEYS)): e["peak_mb"] for e in results["memory"]}
+    for entry in results["memory"]:
+        baseline = peaks.get((baselines.get(entry["model"]), entry["mode"], *(entry[k] for k in SETTING_KEYS)))
+        entry["peak_vs_baseline"] = None if baseline is None else entry["peak_mb"] / baseline
 
 
 def _check_settings(
@@ -224,11 +240,13 @@ class _Run:
         self.precisions, self.seed, self.generator, self.results = precisions, seed, generator, results
         # Models run outside PyTorch: no parameters, GMACs or memory, fp32 only.
         self.outside_torch = {spec.name for spec in specs if spec.optimization in ONNX_OPTIMIZATIONS}
+        self.training_only = {spec.name for spec in specs if spec.optimization in TRAINING_VARIANTS}
 
     def count_gmacs(self, models: dict[str, nn.Module], processors: dict[str, Any], scenario: Scenario) -> None:
         pixel_values = torch.randn(1, 3, scenario.height, scenario.width, generator=self.generator)
         for spec in self.specs:
-            if spec.optimization == "compiled" or spec.name in self.outside_torch:  # the default model's count
+            # A compiled model counts as the default one; models outside PyTorch and training variants are not counted.
+            if spec.optimization == "compiled" or spec.name in self.outside_torch | self.training_only:
                 continue
             log(f"GMACs {spec.name} {scenario}")
             entry = {"model": spec.name, **setting(scenario, 1, "fp32")}
@@ -242,7 +260,12 @@ class _Run:
         baselines = {spec.name: spec.baseline for spec in self.specs if spec.baseline}
         for precision in self.precisions:
             # ONNX Runtime graphs are float32: they do not take part in autocast runs.
-            timed = {n: m for n, m in models.items() if precision == "fp32" or n not in self.outside_torch}
+            # Training variants infer as the plain model.
+            timed = {
+                n: m
+                for n, m in models.items()
+                if (precision == "fp32" or n not in self.outside_torch) and n not in self.training_only
+            }
             self.results["inference"] += time_inference(
                 timed,
                 processors,
@@ -305,9 +328,8 @@ class _Run:
             for precision in self.precisions
             for spec in self.specs
             # Compiling would dominate a compiled model's peak; optimised models are not trained; ONNX Runtime's
-            # memory is not measured.
-            if spec.optimization not in ("compiled", *ONNX_OPTIMIZATIONS)
-            and not (run[0] == "training" and spec.optimization)
+            # memory is not measured; training variants only train.
+            if spec.optimization in ((None, "unfolded") if run[0] == "inference" else (None, *TRAINING_VARIANTS))
         ):
             log(f"peak memory {spec.name} {mode} {scenario} {precision}")
             measured = measure_peak_memory_isolated(

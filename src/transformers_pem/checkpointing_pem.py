@@ -43,7 +43,7 @@ def _uses_reentrant_checkpoint(function: Callable) -> bool:
 
 
 class PEMCheckpointingLayer(GradientCheckpointingLayer):
-    """A block that `model.gradient_checkpointing_enable()` checkpoints (transformers' `GradientCheckpointingLayer`),
+    """A block that `model.activation_checkpointing_enable()` checkpoints (transformers' `GradientCheckpointingLayer`),
     whose recomputation leaves the BatchNorm running statistics alone. With the reentrant checkpoint
     (`use_reentrant=True`), which cannot run code around the recomputation, they are updated twice per step."""
 

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--clip-grad-norm", type=float, help="full-model gradient clipping (0: off)")
     optim.add_argument("--warmup-steps", type=int)
     optim.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"])
+    optim.add_argument(
+        "--activation-checkpointing",
+        action="store_true",
+        help="recompute activations in the backward pass: less memory, slower steps, the same weights",
+    )
     optim.add_argument("--seed", type=int)
     optim.add_argument(
         "--precise-bn-batches",

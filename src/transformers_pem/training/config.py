@@ -47,6 +47,9 @@ class TrainingConfig:
     clip_grad_norm: float | None = None  # full-model gradient clipping (0: off)
     warmup_steps: int | None = None
     mixed_precision: str | None = None  # "no", "fp16" or "bf16"
+    # Recompute the activations of the backbone, pixel-decoder and decoder blocks in the backward pass (less memory,
+    # slower steps, the same weights: `PreTrainedModel.activation_checkpointing_enable`).
+    activation_checkpointing: bool = False
     seed: int = 0
     # After the last step, recompute BatchNorm running statistics over this many batches of training images prepared
     # as for evaluation (`recompute_batch_norm`). 0 keeps the running averages of the last steps, as officially.

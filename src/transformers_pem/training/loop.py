@@ -146,6 +146,8 @@ def prepare(config: TrainingConfig) -> TrainingRun:
         freeze_backbone = config.preset is not None and get_preset(config.preset).frozen_backbone_batch_norm
     if freeze_backbone:
         freeze_batch_norm(model.model.pixel_level_module.encoder)
+    if config.activation_checkpointing:
+        model.activation_checkpointing_enable()
     accelerator = accelerate.Accelerator(
         # Without a GPU, `cpu=True` lets torchrun / accelerate launch run several CPU processes (MULTI_CPU, gloo).
         cpu=not torch.cuda.is_available(),
