@@ -58,3 +58,35 @@ def confident_checkpoint(tmp_path_factory) -> Callable[..., tuple]:
         return (directory, *save_confident_cityscapes_checkpoint(directory, shortest_edge=shortest_edge))
 
     return _cached(make, tmp_path_factory, "checkpoint")
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_checkpoint(tmp_path_factory) -> tuple[Path, Path]:
+    """`(checkpoint, validation_images)`: a tiny PEM trained for 400 steps (~30 s) on synthetic Cityscapes scenes
+    (`run/final`), and the folder of the dataset's validation images, which the exported runtimes calibrate on."""
+    from tiny_configs import TINY_DECODER, TINY_STDC
+
+    from transformers_pem.data.synthetic import generate_cityscapes
+    from transformers_pem.training.config import TrainingConfig
+    from transformers_pem.training.loop import train
+
+    root = tmp_path_factory.mktemp("trained")
+    data = generate_cityscapes(root / "data", num_train=8, num_val=4, size=(64, 128), seed=3)
+    overrides = {**TINY_STDC, **TINY_DECODER, "decoder_layers": 2, "train_num_points": 256}
+    train(
+        TrainingConfig(
+            output_dir=root / "run",
+            data_root=data,
+            preset="pem-stdc1-cityscapes-panoptic",
+            task="panoptic",
+            config_overrides=overrides,
+            scale=0.125,
+            test_size=(64, 128),
+            batch_size=4,
+            max_steps=400,
+            learning_rate=2e-3,
+            eval_every=0,
+            save_every=1000,
+        )
+    )
+    return root / "run" / "final", data / "leftImg8bit" / "val"

@@ -9,12 +9,11 @@ import onnx
 import PIL.Image
 import pytest
 import torch
-from tiny_configs import TINY_DECODER, TINY_STDC, save_confident_cityscapes_checkpoint
-from transformers import TimmBackboneConfig, pipeline
+from tiny_configs import assert_close_relative, backbone_model, save_confident_cityscapes_checkpoint
+from transformers import pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 from transformers_pem.cli import main as cli
-from transformers_pem.data.synthetic import generate_cityscapes
 from transformers_pem.deploy.onnx_export import (
     INT8_FILE,
     ONNX_FILE,
@@ -24,39 +23,10 @@ from transformers_pem.deploy.onnx_export import (
     export_program,
 )
 from transformers_pem.deploy.onnx_model import PEMOnnxModel
-from transformers_pem.training.config import TrainingConfig
-from transformers_pem.training.loop import train
 from transformers_pem.transformer_decoder_pem import PEMPrototypeCrossAttention
 
 # An image whose processed size (resized to 96x134, padded to 96x160) is neither the traced example's nor square.
 ODD_IMAGE = PIL.Image.fromarray(np.random.default_rng(0).integers(0, 256, (70, 98, 3), dtype=np.uint8))
-
-
-def assert_close_relative(actual: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-4) -> None:
-    """|actual - expected| <= tolerance * max(1, |expected|) elementwise."""
-    assert actual.shape == expected.shape
-    bound = tolerance * expected.abs().clamp(min=1)
-    excess = ((actual - expected).abs() - bound).max().item()
-    assert excess <= 0, f"differs beyond {tolerance} relative: max excess {excess}"
-
-
-def backbone_model(backbone: str, num_labels: int = 19) -> PEMForUniversalSegmentation:
-    """A full-size preset backbone (R50, STDC1, STDC2) or a timm ResNet-18 with the tiny decoder; trained-like running
-    statistics, so that folding BatchNorm into the exported graph changes the weights."""
-    torch.manual_seed(0)
-    dataset = "cityscapes" if num_labels == 19 else "ade20k"
-    if backbone == "timm":
-        timm_backbone = TimmBackboneConfig(backbone="resnet18", out_indices=[1, 2, 3, 4], num_channels=3)
-        config = PEMConfig(backbone_config=timm_backbone, **TINY_DECODER, num_labels=num_labels)
-    else:
-        config = PEMConfig.from_preset(f"pem-{backbone}-{dataset}-panoptic", **TINY_DECODER)
-    model = PEMForUniversalSegmentation(config).eval()
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                module.running_mean.uniform_(-0.1, 0.1)
-                module.running_var.uniform_(0.5, 1.5)
-    return model
 
 
 def eager_logits(model, pixel_values):
@@ -168,31 +138,11 @@ def test_torch_export_program_saves_reloads_and_matches_eager(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def trained_export(tmp_path_factory):
-    """A tiny PEM trained for 400 steps (~30 s) on synthetic Cityscapes scenes, exported with `pem export` to fp32 and
-    statically quantized int8 calibrated on the validation images."""
-    root = tmp_path_factory.mktemp("export")
-    data = generate_cityscapes(root / "data", num_train=8, num_val=4, size=(64, 128), seed=3)
-    overrides = {**TINY_STDC, **TINY_DECODER, "decoder_layers": 2, "train_num_points": 256}
-    train(
-        TrainingConfig(
-            output_dir=root / "run",
-            data_root=data,
-            preset="pem-stdc1-cityscapes-panoptic",
-            task="panoptic",
-            config_overrides=overrides,
-            scale=0.125,
-            test_size=(64, 128),
-            batch_size=4,
-            max_steps=400,
-            learning_rate=2e-3,
-            eval_every=0,
-            save_every=1000,
-        )
-    )
-    checkpoint = root / "run" / "final"
-    output = root / "onnx"
-    calibration = data / "leftImg8bit" / "val"
+def trained_export(trained_tiny_checkpoint, tmp_path_factory):
+    """The session's briefly trained tiny PEM exported with `pem export` to fp32 and statically quantized int8
+    calibrated on the validation images."""
+    checkpoint, calibration = trained_tiny_checkpoint
+    output = tmp_path_factory.mktemp("export") / "onnx"
     code = cli.main(
         [
             "export",

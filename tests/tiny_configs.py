@@ -71,3 +71,35 @@ def save_confident_cityscapes_checkpoint(directory: Path, shortest_edge: int = 6
     model.save_pretrained(directory)
     processor.save_pretrained(directory)
     return model, processor
+
+
+def assert_close_relative(actual, expected, tolerance: float = 1e-4) -> None:
+    """|actual - expected| <= tolerance * max(1, |expected|) elementwise."""
+    assert actual.shape == expected.shape
+    bound = tolerance * expected.abs().clamp(min=1)
+    excess = ((actual - expected).abs() - bound).max().item()
+    assert excess <= 0, f"differs beyond {tolerance} relative: max excess {excess}"
+
+
+def backbone_model(backbone: str, num_labels: int = 19):
+    """A full-size preset backbone (R50, STDC1, STDC2) or a timm ResNet-18 with the tiny decoder; trained-like running
+    statistics, so that folding BatchNorm into the exported graph changes the weights."""
+    import torch
+    from transformers import TimmBackboneConfig
+
+    from transformers_pem import PEMConfig, PEMForUniversalSegmentation
+
+    torch.manual_seed(0)
+    dataset = "cityscapes" if num_labels == 19 else "ade20k"
+    if backbone == "timm":
+        timm_backbone = TimmBackboneConfig(backbone="resnet18", out_indices=[1, 2, 3, 4], num_channels=3)
+        config = PEMConfig(backbone_config=timm_backbone, **TINY_DECODER, num_labels=num_labels)
+    else:
+        config = PEMConfig.from_preset(f"pem-{backbone}-{dataset}-panoptic", **TINY_DECODER)
+    model = PEMForUniversalSegmentation(config).eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.1, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+    return model

@@ -70,6 +70,8 @@ _LAZY_ATTRIBUTES = {
     "load_backbone_weights": "conversion.checkpoint_io",
     "load_official_checkpoint": "conversion.checkpoint_io",
     "PEMOnnxModel": "deploy.onnx_model",
+    "PEMOpenVINOModel": "deploy.openvino_model",
+    "export_openvino": "deploy.openvino_export",
     "export_onnx": "deploy.onnx_export",
     "export_program": "deploy.onnx_export",
 }

@@ -129,12 +129,12 @@ class PEMForUniversalSegmentationOutput(ModelOutput):
 
 
 # The image-segmentation pipeline checks the model class against transformers' static name tables only (not the Auto
-# registrations) and logs an error for any other class. Listed there, PEM and its ONNX Runtime model
-# (`deploy.onnx_model`) pass, also under trust_remote_code (this module is then the checkpoint's own copy); the lazy
-# Auto mappings never import a model type that is missing from transformers' own config table, so nothing else reads
-# the entry.
+# registrations) and logs an error for any other class. Listed there, PEM and its exported runtime models
+# (`deploy.onnx_model`, `deploy.openvino_model`) pass, also under trust_remote_code (this module is then the
+# checkpoint's own copy); the lazy Auto mappings never import a model type that is missing from transformers' own
+# config table, so nothing else reads the entry.
 modeling_auto.MODEL_FOR_UNIVERSAL_SEGMENTATION_MAPPING_NAMES.setdefault(
-    "pem", ("PEMForUniversalSegmentation", "PEMOnnxModel")
+    "pem", ("PEMForUniversalSegmentation", "PEMOnnxModel", "PEMOpenVINOModel")
 )
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.sources import find_sources, read_frames
+from ..deploy.runtimes import check_model_directory, check_runtime, load_model
 from ..evaluation.submission import PredictionExporter
 from ..inference.predictor import predict
 from ..labels_pem import dataset_for
@@ -93,19 +94,22 @@ def segment_files(
     batch_size: int = 1,
     device: str = "cpu",
     progress: bool = True,
+    runtime: str = "pytorch",
+    model_file: str | None = None,
 ) -> SegmentationSummary:
     """Segment every image or video frame of `source` (see [`find_sources`]) with the checkpoint `model` and write,
     under `output_dir`: `overlays/<name>.png`, `segments/<name>.json`, and the official label files
-    (`semantic/`, or `panoptic/` + `panoptic.json`, or `instances.json`)."""
-    from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+    (`semantic/`, or `panoptic/` + `panoptic.json`, or `instances.json`). `runtime`: `"pytorch"`, or `"onnx"` /
+    `"openvino"` for a `pem export` directory (see `deploy.runtimes`), `model_file` its file if not the default."""
+    from transformers import AutoImageProcessor
 
     check_task(task)
+    check_runtime(runtime, device, model_file=model_file)
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    if not (Path(model) / "config.json").is_file():
-        raise ValueError(f"{model} is not a saved PEM model (no config.json): pass a save_pretrained directory.")
+    check_model_directory(model)
     paths = find_sources(source)
-    network = AutoModelForUniversalSegmentation.from_pretrained(model).to(device).eval()
+    network = load_model(model, runtime, device, model_file)
     processor = AutoImageProcessor.from_pretrained(model)
     id2label = {int(index): str(name) for index, name in network.config.id2label.items()}
     thing_ids = set(processor.thing_ids if processor.thing_ids is not None else id2label)

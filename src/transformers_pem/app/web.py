@@ -12,6 +12,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from ..deploy.runtimes import load_model
 from ..inference.allocator import tune_glibc_malloc
 from ..labels_pem import dataset_for
 from ..presets_pem import TASKS, check_task
@@ -24,15 +25,19 @@ TABLE_HEADERS = ["label", "score", "area (pixels)"]
 
 
 class Segmenter:
-    """A checkpoint on the fast inference path (BatchNorm folded), and what the app shows of one image: overlay,
-    segment rows, label PNG, prototypes. `build_app` also tunes the process's allocator."""
+    """A checkpoint on the fast inference path (BatchNorm folded, or an exported `runtime`: see `deploy.runtimes`),
+    and what the app shows of one image: overlay, segment rows, label PNG, prototypes (PyTorch only: the exported
+    models return the logits alone). `build_app` also tunes the process's allocator."""
 
-    def __init__(self, model: str | os.PathLike, device: str = "cpu"):
-        from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
+    def __init__(
+        self, model: str | os.PathLike, device: str = "cpu", runtime: str = "pytorch", model_file: str | None = None
+    ):
+        from transformers import AutoImageProcessor
 
-        if not (Path(model) / "config.json").is_file():
-            raise ValueError(f"{model} is not a saved PEM model (no config.json): pass a save_pretrained directory.")
-        self.model = AutoModelForUniversalSegmentation.from_pretrained(model).to(device).eval().fold_batch_norm()
+        self.model = load_model(model, runtime, device, model_file)
+        if runtime == "pytorch":
+            self.model.fold_batch_norm()
+        self.runtime = runtime
         self.processor = AutoImageProcessor.from_pretrained(model)
         self.id2label = {int(index): str(name) for index, name in self.model.config.id2label.items()}
         self.palette = dataset_for(self.id2label)
@@ -47,7 +52,7 @@ class Segmenter:
         check_task(task)
         image = image.convert("RGB")
         inputs = self.processor(image, return_tensors="pt").to(self.device)
-        outputs = self.model(**inputs, output_prototype_indices=True)
+        outputs = self.model(**inputs, output_prototype_indices=self.runtime == "pytorch")
         target = {"target_sizes": [(image.height, image.width)], "pixel_mask": inputs["pixel_mask"]}
         if task == "semantic":
             prediction = {"semantic": self.processor.post_process_semantic_segmentation(outputs, **target)[0]}
@@ -66,8 +71,10 @@ class Segmenter:
         ]
         label_png = Path(tempfile.mkdtemp()) / f"{task}.png"
         PIL.Image.fromarray(_label_map(segmentation, task)).save(label_png)
-        queries = kept_queries(outputs) or list(range(min(3, outputs.class_queries_logits.shape[1])))
-        prototypes = draw_prototypes(image, outputs, queries=queries[:4], id2label=self.id2label)
+        prototypes = None
+        if outputs.prototype_indices is not None:
+            queries = kept_queries(outputs) or list(range(min(3, outputs.class_queries_logits.shape[1])))
+            prototypes = draw_prototypes(image, outputs, queries=queries[:4], id2label=self.id2label)
         return overlay, rows, str(label_png), prototypes
 
 
@@ -87,11 +94,18 @@ def _label_map(segmentation: np.ndarray, task: str) -> np.ndarray:
     return values.astype(np.uint8 if values.max(initial=0) < 256 else np.uint16)
 
 
-def build_app(model: str | os.PathLike, examples: list[str] | None = None, device: str = "cpu"):
-    """The Gradio Blocks app of a checkpoint; `examples` are image paths offered below the upload."""
+def build_app(
+    model: str | os.PathLike,
+    examples: list[str] | None = None,
+    device: str = "cpu",
+    runtime: str = "pytorch",
+    model_file: str | None = None,
+):
+    """The Gradio Blocks app of a checkpoint (or of an export directory run by `runtime`); `examples` are image paths
+    offered below the upload."""
     gr = require("gradio", "app", "The web app")
     tune_glibc_malloc()  # the serving process reuses the memory it frees (see `tune_glibc_malloc`)
-    segmenter = Segmenter(model, device=device)
+    segmenter = Segmenter(model, device=device, runtime=runtime, model_file=model_file)
 
     def run(image, task):
         try:

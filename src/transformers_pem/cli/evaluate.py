@@ -12,6 +12,7 @@ import torch
 
 from ..data.loaders import load_evaluation_dataset
 from ..deploy.hub import check_hub_token, push_folder, trained_model_card
+from ..deploy.runtimes import load_model
 from ..evaluation.evaluate import evaluate_model, format_results_table
 from ..image_processing_pem import PEMImageProcessor
 from ..inference.precision import PRECISIONS
@@ -89,6 +90,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="evaluate the exported ONNX graph of the checkpoint directory with ONNX Runtime instead of the PyTorch "
         "model (default file model.onnx; e.g. model_int8.onnx; see pem export)",
     )
+    parser.add_argument(
+        "--openvino",
+        nargs="?",
+        const="openvino_model.xml",
+        metavar="FILE",
+        help="evaluate the exported OpenVINO IR of the checkpoint directory (fp32) instead of the PyTorch model "
+        "(default file openvino_model.xml; e.g. openvino_model_int8.xml; see pem export --format openvino)",
+    )
     parser.add_argument("--no-progress", action="store_true")
     add_allocator_argument(parser)
     return parser.parse_args(argv)
@@ -100,9 +109,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     apply_allocator_argument(args)
     if args.push_to_hub:
         check_hub_token("--push-to-hub")
-        if args.onnx is not None or not Path(args.checkpoint).is_dir():
+        if args.onnx is not None or args.openvino is not None or not Path(args.checkpoint).is_dir():
             raise ValueError(
-                "--push-to-hub uploads a local save_pretrained checkpoint folder (not --onnx, not a Hub id)."
+                "--push-to-hub uploads a local save_pretrained checkpoint folder (not --onnx or --openvino, not a Hub "
+                "id)."
             )
     known_dataset = args.dataset in DATASET_LABELS
     scales, max_size, flip = args.scales, args.max_size, args.flip
@@ -124,14 +134,15 @@ def main(argv: Sequence[str] | None = None) -> dict:
         window = tuple(window) if len(window) == 2 else window[0]
     stride = None if args.stride is None else (tuple(args.stride) if len(args.stride) == 2 else args.stride[0])
 
-    if args.onnx is not None:
+    if args.onnx is not None and args.openvino is not None:
+        raise ValueError("--onnx and --openvino each evaluate one exported model: pass one of them.")
+    if args.onnx is not None or args.openvino is not None:
+        runtime = "onnx" if args.onnx is not None else "openvino"
         if args.precision != "fp32" or args.fold_batch_norm or args.device not in (None, "cpu"):
             raise ValueError(
-                "--onnx runs the exported graph as it is: drop --precision, --fold-batch-norm and --device."
+                f"--{runtime} runs the exported model as it is: drop --precision, --fold-batch-norm and --device."
             )
-        from ..deploy.onnx_model import PEMOnnxModel
-
-        model = PEMOnnxModel.from_pretrained(args.checkpoint, file_name=args.onnx)
+        model = load_model(args.checkpoint, runtime, model_file=args.onnx or args.openvino)
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
         model = PEMForUniversalSegmentation.from_pretrained(args.checkpoint).to(device)
@@ -191,6 +202,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "precision": args.precision,
             "fold_batch_norm": args.fold_batch_norm,
             "onnx": args.onnx,
+            "openvino": args.openvino,
         },
         "seconds": seconds,
         "images_per_second": len(dataset) / seconds,

@@ -9,14 +9,14 @@ import sys
 from pathlib import Path
 
 from ..presets_pem import TASKS
-from .options import add_allocator_argument, apply_allocator_argument
+from .options import add_allocator_argument, add_runtime_arguments, apply_allocator_argument
 
 # Subcommands that are the package's other command lines: (module of their `main(argv)`, one-line help).
 DELEGATED = {
     "train": ("transformers_pem.cli.train", "fine-tune PEM with accelerate (official recipe by default)"),
     "evaluate": ("transformers_pem.cli.evaluate", "the paper's metrics of a checkpoint on a dataset"),
     "convert": ("transformers_pem.cli.convert", "convert an official detectron2 checkpoint"),
-    "export": ("transformers_pem.cli.export", "export a checkpoint to ONNX (and int8) for ONNX Runtime"),
+    "export": ("transformers_pem.cli.export", "export a checkpoint to ONNX or OpenVINO (and int8)"),
     "plot": ("transformers_pem.cli.plot", "draw a training run's curves (loss terms, learning rate, metrics)"),
     "benchmark": (None, "latency, GMACs and memory against Mask2Former (from a clone of the repository)"),
 }
@@ -30,6 +30,8 @@ EXAMPLES = """examples:
   pem evaluate runs/stdc1/final --dataset cityscapes --data-root data/cityscapes --task panoptic
   pem convert --checkpoint model_final.pth --config pem_STDC1_bs32_90k.yaml --output-dir pem-stdc1
   pem export runs/stdc1/final --output stdc1-onnx --quantize int8 --calibration-data data/cityscapes/leftImg8bit/val
+  pem export runs/stdc1/final --format openvino --output stdc1-ov --quantize int8 --calibration-data "val/*.png"
+  pem predict street.jpg --model stdc1-ov --runtime openvino --model-file openvino_model_int8.xml
   pem plot runs/stdc1   (writes runs/stdc1/curves.png from runs/stdc1/scalars.jsonl)
   accelerate launch -m transformers_pem.cli.train ...   (several processes)"""
 
@@ -54,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--out", default="pem_predictions", help="output folder (default: %(default)s)")
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
+    add_runtime_arguments(predict)
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_allocator_argument(predict)
     app = subcommands.add_parser(
@@ -66,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     app.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     app.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_runtime_arguments(app)
     for name, (_, help_text) in DELEGATED.items():
         subcommands.add_parser(name, help=help_text, add_help=False)
     return parser
@@ -83,6 +87,8 @@ def run_predict(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         device=args.device,
         progress=not args.no_progress,
+        runtime=args.runtime,
+        model_file=args.model_file,
     )
     print(f"Segmented {len(summary.segmented)} images into {summary.output_dir}.")
     if summary.skipped:
@@ -99,7 +105,8 @@ def run_app(args: argparse.Namespace) -> int:
     examples = None
     if args.examples:
         examples = [str(p) for p in sorted(Path(args.examples).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    build_app(args.model, examples=examples, device=args.device).launch(server_name=args.host, server_port=args.port)
+    options = {"device": args.device, "runtime": args.runtime, "model_file": args.model_file}
+    build_app(args.model, examples=examples, **options).launch(server_name=args.host, server_port=args.port)
     return 0
 
 
