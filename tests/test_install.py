@@ -18,7 +18,17 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[1]
-OPTIONAL = ("accelerate", "datasets", "evaluate", "pycocotools", "cityscapesscripts", "timm", "fvcore")
+OPTIONAL = (
+    "accelerate",
+    "datasets",
+    "evaluate",
+    "pycocotools",
+    "cityscapesscripts",
+    "timm",
+    "fvcore",
+    "openvino",
+    "nncf",
+)
 
 
 def core_closure() -> list[importlib.metadata.Distribution]:

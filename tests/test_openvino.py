@@ -287,3 +287,23 @@ def test_predict_and_app_options_are_checked_before_loading(small_export, tmp_pa
         assert code == 1 and message in capsys.readouterr().err
     assert cli.main(["predict", str(image), f"--model={checkpoint}", "--runtime=openvino", f"--out={tmp_path}/o"]) == 1
     assert "No OpenVINO model at" in capsys.readouterr().err
+
+
+def test_repeated_shapes_run_statically_compiled_with_the_same_outputs(small_export):
+    """A shape's second run compiles the IR for it alone (kept for the most recent shapes): the outputs stay those of
+    the dynamic model and of eager PyTorch."""
+    from transformers_pem.deploy.openvino_model import STATIC_SHAPES_KEPT
+
+    eager = PEMForUniversalSegmentation.from_pretrained(small_export.parent / "checkpoint").eval()
+    model = PEMOpenVINOModel.from_pretrained(small_export)
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    dynamic, static, again = (logits(model, pixel_values) for _ in range(3))
+    assert list(model.static_requests) == [(1, 3, 64, 96)]
+    expected = logits(eager, pixel_values)
+    for outputs in (dynamic, static, again):
+        for actual, reference in zip(outputs, expected):
+            assert (actual - reference).abs().max() < 1e-4
+    for height in range(1, STATIC_SHAPES_KEPT + 2):
+        for _ in range(2):
+            logits(model, torch.zeros(1, 3, 32 * height, 32))
+    assert len(model.static_requests) == STATIC_SHAPES_KEPT and (1, 3, 64, 96) not in model.static_requests

@@ -8,6 +8,8 @@ transformers versions below 5.
 """
 
 import os
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +21,9 @@ from .exported_model import PEMExportedModel, load_exported_config
 from .onnx_export import INPUT_NAMES, OUTPUT_NAMES
 from .openvino_export import OPENVINO_FILE
 
+# Input shapes compiled statically at once (least recently used dropped first); see `PEMOpenVINOModel.run_logits`.
+STATIC_SHAPES_KEPT = 4
+
 # OpenVINO's inference precisions PEM is run in. An explicit choice: on CPUs with AMX or AVX512-BF16 OpenVINO's default
 # is bf16, which moves PEM's class logits by ~3e-2 and flips near-tie prototype selections.
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -27,15 +32,22 @@ PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
 class PEMOpenVINOModel(PEMExportedModel):
     """An exported PEM IR compiled by OpenVINO.
 
+    The IR has a dynamic batch, height and width. A shape seen for the first time runs the model compiled for any
+    shape; from its second time on, a model compiled for that shape alone (faster: static kernels and folded shape
+    arithmetic), kept for the `STATIC_SHAPES_KEPT` most recent shapes. A folder of equally sized images runs static
+    from its second image; images of ever new sizes never pay a compilation.
+
     Args:
-        compiled_model (`openvino.CompiledModel`): the compiled IR written by `deploy.openvino_export.export`.
+        compiled_model (`openvino.CompiledModel`): the IR written by `deploy.openvino_export.export`, compiled for
+            dynamic shapes.
         config ([`PEMConfig`]): the model's config (labels, thing classes), saved next to the IR.
+        compile_static (`Callable`, *optional*): shape -> the IR compiled for that shape; None: dynamic only.
     """
 
     runtime_name = "An OpenVINO"
     placement_hint = "choose the device that runs it with `device=` in PEMOpenVINOModel.from_pretrained (e.g. 'GPU')"
 
-    def __init__(self, compiled_model, config: PEMConfig):
+    def __init__(self, compiled_model, config: PEMConfig, compile_static: Callable | None = None):
         super().__init__(config)
         inputs = [sorted(port.get_names()) for port in compiled_model.inputs]
         outputs = {name for port in compiled_model.outputs for name in port.get_names()}
@@ -47,6 +59,9 @@ class PEMOpenVINOModel(PEMExportedModel):
             )
         self.compiled_model = compiled_model
         self.request = compiled_model.create_infer_request()
+        self.compile_static = compile_static
+        self.seen_shapes: set[tuple[int, ...]] = set()
+        self.static_requests: OrderedDict[tuple[int, ...], object] = OrderedDict()
 
     @classmethod
     def from_pretrained(
@@ -89,16 +104,34 @@ class PEMOpenVINOModel(PEMExportedModel):
         if device == "CPU":
             properties["INFERENCE_NUM_THREADS"] = num_threads
         try:
-            compiled = core.compile_model(core.read_model(str(path)), device, properties)
+            model = core.read_model(str(path))
+            compiled = core.compile_model(model, device, properties)
         except RuntimeError as error:  # OpenVINO raises RuntimeError for unreadable or inconsistent IR files
             raise ValueError(
                 f"{path} is not a loadable OpenVINO model ({str(error).strip().splitlines()[0][:300]}). "
                 "It may be truncated or corrupt: export it again."
             ) from None
-        return cls(compiled, config)
+
+        def compile_static(shape: tuple[int, ...]):
+            static = model.clone()
+            static.reshape({INPUT_NAMES[0]: list(shape)})
+            return core.compile_model(static, device, properties)
+
+        return cls(compiled, config, compile_static)
 
     def run_logits(self, pixel_values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        results = self.request.infer({INPUT_NAMES[0]: pixel_values})  # copies of the output buffers
+        shape = pixel_values.shape
+        request = self.static_requests.get(shape)
+        if request is not None:
+            self.static_requests.move_to_end(shape)
+        elif shape in self.seen_shapes and self.compile_static is not None:
+            request = self.static_requests[shape] = self.compile_static(shape).create_infer_request()
+            if len(self.static_requests) > STATIC_SHAPES_KEPT:
+                self.static_requests.popitem(last=False)
+        else:
+            self.seen_shapes.add(shape)
+            request = self.request
+        results = request.infer({INPUT_NAMES[0]: pixel_values})  # copies of the output buffers
         return tuple(results[name] for name in OUTPUT_NAMES)
 
 
