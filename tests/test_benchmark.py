@@ -340,3 +340,26 @@ def test_bad_arguments():
         run_benchmark([], [Scenario(64, 64, 5)], [])
     with pytest.raises(ValueError, match="warmup >= 1"):
         run_benchmark([MODELS["pem-stdc1-compiled"]], [Scenario(64, 64, 5)], [], warmup=0)
+
+
+def test_openvino_rows_are_timed_in_their_own_phase_and_the_first_model_retimed():
+    """An OpenVINO model is timed after the others, compared with its eager baseline on the same input, and the first
+    model is timed again after it (the check that OpenVINO's spinning threads left the machine as it was)."""
+    pytest.importorskip("openvino")
+    tiny = TINY_SPECS[0]
+    openvino_spec = ModelSpec(
+        "pem-tiny-openvino", PEMForUniversalSegmentation, tiny_pem_config, tiny.make_processor, "openvino", "pem-tiny"
+    )
+    results = run_benchmark(
+        [openvino_spec, tiny], [Scenario(64, 96, 5)], [], repeats=3, warmup=1, memory=False, gmacs=False,
+        end_to_end=False, threads=1,
+    )  # fmt: skip
+    assert [entry["model"] for entry in results["inference"]] == ["pem-tiny", "pem-tiny-openvino"]
+    eager, openvino = results["inference"]
+    assert eager["max_relative_difference"] is None and 0 <= openvino["max_relative_difference"] < 1e-4
+    check_summary(openvino["forward_s"], 3)
+    (retimed,) = results["retimed"]
+    assert retimed["model"] == "pem-tiny" and retimed["before_s"] == eager["forward_s"]
+    check_summary(retimed["after_openvino_s"], 3)
+    markdown = format_markdown(results)
+    assert "| pem-tiny-openvino | 64×96 | 5 | fp32 |" in markdown and "Re-timed after the OpenVINO phase" in markdown

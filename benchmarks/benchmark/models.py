@@ -67,7 +67,9 @@ class ModelSpec:
     # copy); "unfolded", `fold_for_inference = False` (the model as trained); "compiled", `fold_batch_norm()`, then
     # `torch.compile` with inductor's freezing (weights as constants: pre-packed, conv + ReLU fused);
     # "onnx", exported (`deploy.onnx_export.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that
-    # graph with static int8 quantization (QDQ, per-channel weights) calibrated on random inputs. Not for inference:
+    # graph with static int8 quantization (QDQ, per-channel weights) calibrated on random inputs; "openvino", exported
+    # to OpenVINO IR (`deploy.openvino_export`, folded) and run by `PEMOpenVINOModel` (fp32); "openvino-int8", that IR
+    # quantized by NNCF on the same calibration inputs. Not for inference:
     # "checkpointing", trained with activation checkpointing (`activation_checkpointing_enable()`), measured in the
     # training sections only.
     optimization: str | None = None
@@ -107,8 +109,11 @@ def _pem_spec(backbone: str, optimization: str | None = None) -> ModelSpec:
     )
 
 
-# Optimisations whose model runs outside PyTorch: no parameters, GMACs or memory measured, fp32 only.
+# Optimisations whose model runs outside PyTorch: no parameters, GMACs or memory measured, fp32 only. OpenVINO's
+# are timed in a phase of their own (its threads spin on after each run and would slow the model timed next).
 ONNX_OPTIMIZATIONS = ("onnx", "onnx-int8")
+OPENVINO_OPTIMIZATIONS = ("openvino", "openvino-int8")
+OUTSIDE_TORCH = (*ONNX_OPTIMIZATIONS, *OPENVINO_OPTIMIZATIONS)
 
 
 # Variants measured in the training sections only (their inference is the plain model's).
@@ -140,6 +145,12 @@ MODELS = {
         _pem_spec("r50", "onnx-int8"),
         _pem_spec("stdc1", "onnx-int8"),
         _pem_spec("stdc2", "onnx-int8"),
+        _pem_spec("r50", "openvino"),
+        _pem_spec("stdc1", "openvino"),
+        _pem_spec("stdc2", "openvino"),
+        _pem_spec("r50", "openvino-int8"),
+        _pem_spec("stdc1", "openvino-int8"),
+        _pem_spec("stdc2", "openvino-int8"),
         _pem_spec("r50", "checkpointing"),
         _pem_spec("stdc1", "checkpointing"),
         _pem_spec("stdc2", "checkpointing"),
@@ -164,6 +175,8 @@ def build_model(
     model = model_class(config).to(device).eval()
     if optimization in ONNX_OPTIMIZATIONS:
         return _onnx_model(model, optimization, seed)
+    if optimization in OPENVINO_OPTIMIZATIONS:
+        return _openvino_model(model, optimization, seed)
     if optimization == "unfolded":
         model.fold_for_inference = False
     if optimization == "checkpointing":
@@ -176,6 +189,33 @@ def build_model(
     return model
 
 
+def _calibration_inputs(seed: int) -> list[torch.Tensor]:
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(1, 3, *CALIBRATION_SIZE, generator=generator) for _ in range(CALIBRATION_INPUTS)]
+
+
+def _openvino_model(model: PEMForUniversalSegmentation, optimization: str, seed: int) -> nn.Module:
+    """The model exported to OpenVINO IR (int8 by NNCF with "openvino-int8") and loaded with `PEMOpenVINOModel`'s
+    defaults: fp32, as many threads as PyTorch, a shape compiled statically from its second run."""
+    from transformers_pem.deploy.openvino_export import (
+        OPENVINO_FILE,
+        OPENVINO_INT8_FILE,
+        convert_openvino,
+        quantize_openvino,
+        save_openvino,
+    )
+    from transformers_pem.deploy.openvino_model import PEMOpenVINOModel
+
+    with tempfile.TemporaryDirectory() as directory:
+        converted = convert_openvino(model)
+        file_name = OPENVINO_FILE
+        if optimization == "openvino-int8":
+            converted, file_name = quantize_openvino(converted, _calibration_inputs(seed)), OPENVINO_INT8_FILE
+        save_openvino(converted, Path(directory) / file_name)
+        model.config.save_pretrained(directory)
+        return PEMOpenVINOModel.from_pretrained(directory, file_name=file_name)
+
+
 def _onnx_model(model: PEMForUniversalSegmentation, optimization: str, seed: int) -> nn.Module:
     """The model exported to ONNX (int8 with "onnx-int8") and loaded with `PEMOnnxModel`'s default session: as many
     threads as PyTorch, not spinning between runs."""
@@ -186,9 +226,5 @@ def _onnx_model(model: PEMForUniversalSegmentation, optimization: str, seed: int
         path = export_onnx(model, Path(directory) / ONNX_FILE)
         model.config.save_pretrained(directory)
         if optimization == "onnx-int8":
-            generator = torch.Generator().manual_seed(seed)
-            calibration = [
-                torch.randn(1, 3, *CALIBRATION_SIZE, generator=generator) for _ in range(CALIBRATION_INPUTS)
-            ]
-            path = quantize_onnx(path, Path(directory) / "model_int8.onnx", calibration)
+            path = quantize_onnx(path, Path(directory) / "model_int8.onnx", _calibration_inputs(seed))
         return PEMOnnxModel.from_pretrained(directory, file_name=path.name)

@@ -164,10 +164,18 @@ def format_markdown(results: dict[str, Any]) -> str:
             "size (Mask2Former's resizes the mask logits to 384×384 first, PEM's to the input size, as officially). "
             "`max rel. Δ to eager`: the largest |output - eager| / max(1, |eager|) over the class and mask logits, "
             "against the unoptimised eager model of the same architecture on the same input. `-onnx`: ONNX Runtime "
-            "(CPU provider, as many threads as PyTorch); `-onnx-int8`: its static int8 quantization.",
+            "(CPU provider, as many threads as PyTorch); `-onnx-int8`: its static int8 quantization; `-openvino`: "
+            "OpenVINO (fp32, as many threads as PyTorch, each shape compiled statically from its second run), timed "
+            "in a phase of its own after the others; `-openvino-int8`: its NNCF int8 quantization.",
             "",
         ]
         lines += _table(INFERENCE_COLUMNS, results["inference"])
+        for entry in results.get("retimed", []):
+            lines += [
+                "",
+                f"Re-timed after the OpenVINO phase ({_size(entry)}, {entry['precision']}): {entry['model']} "
+                f"{_timing(entry['after_openvino_s'])} s, against {_timing(entry['before_s'])} s before it.",
+            ]
     if results.get("end_to_end"):
         lines += [
             "",

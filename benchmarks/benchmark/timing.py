@@ -87,12 +87,16 @@ def time_inference(
     warmup: int,
     generator: torch.Generator,
     baselines: dict[str, str] | None = None,
+    references: dict[str, nn.Module] | None = None,
 ) -> list[dict[str, Any]]:
     """Interleaved inference: each repeat runs every model once. The post-processing (skipped if `processors` is None)
     is timed apart on the same outputs; the time with post-processing is the sum of both. A model with a baseline
-    (`baselines[name]`, among `models`) is compared with it on the last run's outputs: the largest
-    |output - baseline| / max(1, |baseline|) over the class and mask logits."""
-    baselines = {name: base for name, base in (baselines or {}).items() if name in models and base in models}
+    (`baselines[name]`, among `models` or `references`: models run once, untimed, on the last input) is compared with
+    it on the last run's outputs: the largest |output - baseline| / max(1, |baseline|) over the class and mask
+    logits."""
+    references = references or {}
+    available = set(models) | set(references)
+    baselines = {name: base for name, base in (baselines or {}).items() if name in models and base in available}
     compared = set(baselines) | set(baselines.values())
     pixel_values = torch.randn(batch_size, 3, scenario.height, scenario.width, generator=generator).to(device)
     held, last_outputs = {}, {}
@@ -114,6 +118,10 @@ def time_inference(
         steps[name, "forward"] = partial(run_forward, name)
         steps[name, "post_processing"] = partial(run_post_processing, name)
     times = time_interleaved(steps, device, repeats, warmup, f"inference {scenario} {precision}")
+    for name in compared - set(models):
+        with torch.inference_mode(), precision_autocast(device, precision):
+            outputs = references[name](pixel_values=pixel_values)
+        last_outputs[name] = (outputs.class_queries_logits, outputs.masks_queries_logits)
     forward_times = {name: times[name, "forward"] for name in models}
     post_processing_times = {name: times[name, "post_processing"] for name in models}
     results = []
