@@ -307,3 +307,17 @@ def test_repeated_shapes_run_statically_compiled_with_the_same_outputs(small_exp
         for _ in range(2):
             logits(model, torch.zeros(1, 3, 32 * height, 32))
     assert len(model.static_requests) == STATIC_SHAPES_KEPT and (1, 3, 64, 96) not in model.static_requests
+
+
+def test_app_segmenter_runs_an_openvino_directory(small_export):
+    """The web app's segmenter on `--runtime openvino`: the eager model's segments, and no prototype view (the
+    exported model returns the logits only)."""
+    from transformers_pem.app.web import Segmenter
+
+    eager = Segmenter(small_export.parent / "checkpoint")
+    runtime = Segmenter(small_export, runtime="openvino")
+    for task in ("semantic", "panoptic", "instance"):
+        expected, actual = eager(ODD_IMAGE, task), runtime(ODD_IMAGE, task)
+        assert actual[1] == expected[1] and actual[1]  # the segment rows: label, score, area
+        assert np.array_equal(np.asarray(actual[0]), np.asarray(expected[0]))  # the overlay
+        assert expected[3] is not None and actual[3] is None
