@@ -5,9 +5,9 @@ import os
 
 from huggingface_hub import snapshot_download
 
-from transformers_pem.app.web import build_app
+from transformers_pem.app.web import MAX_UPLOAD, build_app
 
 model = os.environ.get("PEM_MODEL", "pem-checkpoint")
 if not os.path.isdir(model):
     model = snapshot_download(model)
-build_app(model).launch()
+build_app(model).launch(max_file_size=MAX_UPLOAD, show_error=True)

@@ -81,7 +81,15 @@ def test_app_in_a_real_browser(checkpoint, tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
     server = subprocess.Popen(
-        [sys.executable, "-m", "transformers_pem.cli", "app", f"--model={checkpoint}", f"--port={port}"],
+        [
+            sys.executable,
+            "-m",
+            "transformers_pem.cli",
+            "app",
+            f"--model={checkpoint}",
+            f"--port={port}",
+            f"--max-pixels={image.width * image.height}",
+        ],  # fmt: skip
         cwd=tmp_path,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"},
         stdout=subprocess.DEVNULL,
@@ -121,8 +129,55 @@ def test_app_in_a_real_browser(checkpoint, tmp_path):
         if os.environ.get("PEM_APP_SCREENSHOT"):
             (ROOT / "docs").mkdir(exist_ok=True)
             shutil.copy(screenshot, ROOT / "docs" / "app.png")
+        # An upload above --max-pixels gets the app's message, not a generic error.
+        large = tmp_path / "large.png"
+        PIL.Image.new("RGB", (image.width + 1, image.height)).save(large)
+        driver.find_element(By.CSS_SELECTOR, "#pem-input input[type=file]").send_keys(str(large))
+        time.sleep(2)
+        driver.find_element(By.ID, "pem-run").click()
+        wait.until(lambda _: "this app takes up to" in driver.page_source)
+        # A file that is not an image: gradio's reader refuses it, and says so.
+        (tmp_path / "notes.png").write_text("not an image")
+        driver.find_element(By.CSS_SELECTOR, "#pem-input input[type=file]").send_keys(str(tmp_path / "notes.png"))
+        time.sleep(2)
+        driver.find_element(By.ID, "pem-run").click()
+        wait.until(lambda _: "cannot identify image file" in driver.page_source)
     finally:
         if driver is not None:
             driver.quit()
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_segmenter_reads_paths_as_viewers_show_them_and_bounds_its_work(checkpoint, tmp_path):
+    photo = np.random.default_rng(1).integers(0, 256, (60, 90, 3), dtype=np.uint8)
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    PIL.Image.fromarray(photo).save(tmp_path / "photo.png", exif=exif)
+    segmenter = Segmenter(checkpoint, max_pixels=90 * 60)
+    overlay, rows, label_png, prototypes = segmenter(tmp_path / "photo.png", "panoptic")
+    upright = PIL.Image.fromarray(np.ascontiguousarray(np.rot90(photo, k=-1)))
+    expected = segmenter(upright, "panoptic")
+    assert rows == expected[1] and np.array_equal(np.asarray(overlay), np.asarray(expected[0]))
+    assert PIL.Image.open(label_png).size == (60, 90)  # the upright image's size
+    PIL.Image.new("RGB", (91, 60)).save(tmp_path / "large.png")
+    with pytest.raises(ValueError, match=r"91x60 \(0.0 megapixels\): this app takes up to"):
+        segmenter(tmp_path / "large.png", "panoptic")
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(ValueError, match="not an image Pillow can read"):
+        segmenter(tmp_path / "notes.png", "panoptic")
+    with pytest.raises(ValueError, match="Upload an image first"):
+        segmenter(None, "panoptic")
+    # A 3-pixel-wide strip: the prototype panels stay at most twice as tall as wide (not 256 x 170000 each).
+    tall = Segmenter(checkpoint)
+    strip = PIL.Image.fromarray(np.random.default_rng(2).integers(0, 256, (2000, 3, 3), dtype=np.uint8))
+    panels = tall(strip, "semantic")[3]
+    assert panels is not None and panels.height <= 4 * (512 + 22)  # at most 4 queries of 512-pixel panels
+    # The label PNGs stay in the segmenter's one folder, removed with it.
+    folder = Path(label_png).parent
+    assert sorted(path.name for path in folder.iterdir()) == ["panoptic.png"]
+    del segmenter
+    import gc
+
+    gc.collect()
+    assert not folder.exists()

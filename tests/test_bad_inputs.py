@@ -16,14 +16,16 @@ import torch
 from safetensors.torch import save_file
 from tiny_configs import TINY_DECODER, TINY_STDC
 
-from transformers_pem import MeanIoU, PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
+from transformers_pem import MeanIoU, PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor, predict
 from transformers_pem.conversion.checkpoint_io import load_checkpoint
 from transformers_pem.conversion.convert import convert
 from transformers_pem.data.loaders import load_cityscapes
 from transformers_pem.data.synthetic import generate_ade20k, generate_cityscapes
+from transformers_pem.evaluation.evaluate import evaluate_model
 from transformers_pem.training.config import TrainingConfig
 from transformers_pem.training.loop import train
 from transformers_pem.utils.paths import check_output_dir
+from transformers_pem.visualization.segmentation import draw_segmentation
 
 
 @dataclass
@@ -36,6 +38,8 @@ class Context:
     image: np.ndarray  # (40, 60, 3) uint8
     data_root: Path  # a synthetic Cityscapes folder with a truncated training image
     ade20k_root: Path  # a synthetic ADE20K folder with a truncated training JPEG
+    truncated_png: Path
+    gray16_png: Path  # `image[..., 0] * 257` as a 16-bit grayscale PNG
 
 
 class _Evil:
@@ -81,7 +85,21 @@ def context(tmp_path_factory) -> Context:
     jpeg = sorted((ade20k_root / "images" / "training").glob("*.jpg"))[1]
     jpeg.write_bytes(jpeg.read_bytes()[: jpeg.stat().st_size // 2])  # passes the load-time check, fails decoding
     image = np.random.default_rng(1).integers(0, 256, (40, 60, 3)).astype(np.uint8)
-    return Context(tmp, model, processor, outputs, pixel_values, image, data_root, ade20k_root.parent)
+    PIL.Image.fromarray(image).save(tmp / "image.png")
+    (tmp / "truncated.png").write_bytes((tmp / "image.png").read_bytes()[:2000])
+    PIL.Image.fromarray(image[..., 0].astype(np.uint16) * 257).save(tmp / "gray16.png")
+    return Context(
+        tmp,
+        model,
+        processor,
+        outputs,
+        pixel_values,
+        image,
+        data_root,
+        ade20k_root.parent,
+        tmp / "truncated.png",
+        tmp / "gray16.png",
+    )
 
 
 def _masks(context: Context, values=(0.0, 1.0), size=None) -> list[torch.Tensor]:
@@ -144,6 +162,20 @@ def _train(context: Context, output_dir, **kwargs):
             **kwargs,
         )
     )
+
+
+def _config(**kwargs) -> TrainingConfig:
+    return TrainingConfig(output_dir="unused", data_root="unused", preset="pem-stdc1-cityscapes-panoptic", **kwargs)
+
+
+def _instance_target_sizes(context: Context, target_sizes):
+    return context.processor.post_process_instance_segmentation(context.outputs, target_sizes=target_sizes)
+
+
+def _decoded_as_the_saved_16bit(result, context):
+    """A 16-bit grayscale PNG given by path: scaled to 8 bit (not clipped to white), as a uint16 array would be."""
+    values = context.image[..., 0].astype(np.uint16) * 257
+    torch.testing.assert_close(result, _process(context, values), rtol=0, atol=0)
 
 
 STRIP = np.random.default_rng(2).integers(0, 256, (3, 60, 3)).astype(np.uint8)
@@ -422,6 +454,162 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         _raises(ValueError, "_leftImg8bit.png"),
     ),
     ("dataset-missing-root", "datasets", lambda c: load_cityscapes(c.tmp / "nowhere"), _raises(ValueError, "nowhere")),
+    # --- image processor: paths (one decoder: image_loading_pem)
+    ("path-missing", "processor", lambda c: P(c, str(c.tmp / "missing.png")), _raises(ValueError, "no such file")),
+    ("path-folder", "processor", lambda c: P(c, c.tmp), _raises(ValueError, "it is a folder")),
+    ("path-not-image", "processor", lambda c: P(c, str(c.tmp / "a_file")), _raises(ValueError, "not an image")),
+    (
+        "path-truncated-png",
+        "processor",
+        lambda c: P(c, str(c.truncated_png)),
+        _raises(ValueError, "truncated or corrupt"),
+    ),
+    ("path-16bit-png", "processor", lambda c: P(c, str(c.gray16_png)), _decoded_as_the_saved_16bit),
+    # --- config (PEMConfig and its presets)
+    (
+        "preset-typo-field",
+        "config",
+        lambda c: PEMConfig.from_preset("pem-stdc1-cityscapes-panoptic", num_querys=50),
+        _raises(ValueError, "did you mean 'num_queries'"),
+    ),
+    (
+        "id2label-gaps",
+        "config",
+        lambda c: PEMConfig(id2label={0: "a", 2: "c"}),
+        _raises(ValueError, "missing [1]"),
+    ),
+    (
+        "label2id-only",
+        "config",
+        lambda c: PEMConfig(label2id={"a": 0, "b": 1, "c": 2}),
+        lambda result, c: result.id2label == {0: "a", 1: "b", 2: "c"} or pytest.fail(f"{result.id2label}"),
+    ),
+    # --- training options (TrainingConfig, the fields of `pem train`)
+    ("train-max-steps-zero", "training", lambda c: _config(max_steps=0), _raises(ValueError, "max_steps must be")),
+    ("train-max-steps-negative", "training", lambda c: _config(max_steps=-5), _raises(ValueError, "at least 1")),
+    (
+        "train-warmup-negative",
+        "training",
+        lambda c: _config(warmup_steps=-10),
+        _raises(ValueError, "warmup_steps must be at least 0"),
+    ),
+    (
+        "train-keep-checkpoints-negative",
+        "training",
+        lambda c: _config(keep_checkpoints=-1),
+        _raises(ValueError, "keep_checkpoints must be at least 1"),
+    ),
+    (
+        "train-precise-bn-negative",
+        "training",
+        lambda c: _config(precise_bn_batches=-3),
+        _raises(ValueError, "precise_bn_batches must be at least 0"),
+    ),
+    (
+        "train-accumulation-zero",
+        "training",
+        lambda c: _config(gradient_accumulation_steps=0),
+        _raises(ValueError, "gradient_accumulation_steps"),
+    ),
+    ("train-eval-every-negative", "training", lambda c: _config(eval_every=-1), _raises(ValueError, "eval_every")),
+    ("train-lr-nan", "training", lambda c: _config(learning_rate=float("nan")), _raises(ValueError, "learning_rate")),
+    ("train-lr-zero", "training", lambda c: _config(learning_rate=0.0), _raises(ValueError, "more than 0")),
+    ("train-steps-float", "training", lambda c: _config(max_steps=2.5), _raises(ValueError, "a whole number")),
+    (
+        "train-overrides-typo",
+        "training",
+        lambda c: _config(config_overrides={"num_querys": 50}),
+        _raises(ValueError, "did you mean 'num_queries'"),
+    ),
+    (
+        "train-overrides-with-saved-model",
+        "training",
+        lambda c: _config(model_name_or_path="some/model", config_overrides={"num_queries": 50}),
+        _raises(ValueError, "keeps its own config"),
+    ),
+    # --- loss targets
+    (
+        "loss-nan-masks",
+        "loss",
+        lambda c: _loss(c, masks=_masks(c, values=(0.0, float("nan")))),
+        _raises(ValueError, "mask_labels[0] has NaN"),
+    ),
+    # --- post-processing target sizes
+    (
+        "target-sizes-one-pair",
+        "post-processing",
+        lambda c: _instance_target_sizes(c, (40, 60)),
+        _raises(ValueError, "not (height, width)"),
+    ),
+    (
+        "target-sizes-triple",
+        "post-processing",
+        lambda c: _instance_target_sizes(c, [(40, 60, 3)]),
+        _raises(ValueError, "the entry"),
+    ),
+    (
+        "target-sizes-fractional",
+        "post-processing",
+        lambda c: _instance_target_sizes(c, [(40.5, 60)]),
+        _raises(ValueError, "whole numbers"),
+    ),
+    (
+        "target-sizes-string",
+        "post-processing",
+        lambda c: _instance_target_sizes(c, "40x60"),
+        _raises(ValueError, "list of"),
+    ),
+    # --- inference, evaluation, drawing
+    (
+        "predict-one-path",
+        "inference",
+        lambda c: predict(c.model, c.processor, str(c.gray16_png)),
+        _raises(ValueError, "pass [image]"),
+    ),
+    (
+        "predict-missing-path",
+        "inference",
+        lambda c: predict(c.model, c.processor, [c.tmp / "missing.png"]),
+        _raises(ValueError, "no such file"),
+    ),
+    (
+        "evaluate-a-folder",
+        "evaluation",
+        lambda c: evaluate_model(c.model, c.processor, str(c.data_root)),
+        _raises(ValueError, "load it first"),
+    ),
+    (
+        "evaluate-export-under-a-file",
+        "evaluation",
+        lambda c: evaluate_model(
+            c.model, c.processor, [{"image": c.image, "semantic": c.image[..., 0]}], export_dir=c.tmp / "a_file" / "x"
+        ),
+        _raises(ValueError, "cannot be created"),
+    ),
+    (
+        "draw-scores-not-labels",
+        "visualization",
+        lambda c: draw_segmentation(None, np.random.default_rng(0).random((4, 4))),
+        _raises(ValueError, "integer class or segment ids"),
+    ),
+    (
+        "draw-result-dict",
+        "visualization",
+        lambda c: draw_segmentation(None, {"segmentation": np.zeros((4, 4), int)}),
+        _raises(ValueError, "pass result['segmentation']"),
+    ),
+    (
+        "draw-alpha-2",
+        "visualization",
+        lambda c: draw_segmentation(None, np.zeros((4, 4), int), alpha=2),
+        _raises(ValueError, "alpha"),
+    ),
+    (
+        "draw-missing-image-path",
+        "visualization",
+        lambda c: draw_segmentation(c.tmp / "missing.png", np.zeros((4, 4), int)),
+        _raises(ValueError, "no such file"),
+    ),
     # --- metrics
     (
         "miou-labels-out-of-range",
@@ -469,6 +657,10 @@ def test_the_table_covers_every_entry_point():
         "training",
         "datasets",
         "metrics",
+        "config",
+        "inference",
+        "evaluation",
+        "visualization",
     }
 
 

@@ -81,6 +81,7 @@ def test_checkpoint_carries_code_and_auto_map(checkpoint):
         "image_processing_pem.py",
         "image_processing_pem_pil.py",
         "labels_pem.py",
+        "image_loading_pem.py",
     ):
         assert (directory / name).is_file()
     auto_map = json.loads((directory / "config.json").read_text())["auto_map"]

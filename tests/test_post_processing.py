@@ -716,3 +716,37 @@ def test_flat_masks_too_large_for_full_maps_take_the_exact_path(monkeypatch, res
         assert torch.equal(_not_none(label_maps_pem.semantic_labels(*arguments)), expected)
         labels = processor.post_process_semantic_segmentation(model_outputs, target_sizes=[(90, 70)])[0]
     assert torch.equal(labels, expected)
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.05])
+@pytest.mark.parametrize("seed", [4, 6])
+def test_instances_with_empty_queries_match_reference(seed, threshold):
+    """A trained model's "no object" queries have masks below the threshold everywhere: post-processing skips their
+    resizing (and, above `threshold`, the detections that cannot reach it), with the reference's results."""
+    class_logits, mask_logits = random_outputs(seed, num_queries=8, num_labels=4)
+    mask_logits[:, 1::2] = -0.5 - mask_logits[:, 1::2].abs()  # half the queries: empty masks at any size
+    mask_logits[:, 2, 0, 0] = 0.0005  # a query just above the threshold at one low-resolution pixel only
+    padded_size, valid_sizes, target_sizes = (32, 40), [(32, 33), (25, 40)], [(20, 22), (50, 80)]
+    thing_ids = [0, 2, 3]
+    processor = PEMImageProcessor(thing_ids=thing_ids, test_topk_per_image=20)
+    model_outputs = outputs(class_logits, mask_logits, official_pixel_mask(valid_sizes, padded_size))
+    settings = {"target_sizes": target_sizes, "threshold": threshold}
+    maps = processor.post_process_instance_segmentation(model_outputs, return_binary_maps=True, **settings)
+    encodings = processor.post_process_instance_segmentation(model_outputs, return_coco_annotation=True, **settings)
+    id_maps = processor.post_process_instance_segmentation(model_outputs, **settings)
+    for b in range(2):
+        masks = reference_masks(mask_logits[b].numpy(), padded_size, valid_sizes[b], target_sizes[b])
+        expected = [e for e in reference_instances(class_logits[b].numpy(), masks, thing_ids, 20) if e[0] >= threshold]
+        info = maps[b]["segments_info"]
+        scored = [e for e in expected if e[0] > 0]  # score-0 detections (empty masks) tie: their order is free
+        assert len(info) == len(expected) and (threshold == 0) == (len(scored) < len(expected))
+        assert [s["label_id"] for s in info[: len(scored)]] == [label for _, label, _ in scored]
+        np.testing.assert_allclose([s["score"] for s in info], [score for score, _, _ in expected], atol=1e-5)
+        segmentation = maps[b]["segmentation"].numpy()
+        assert np.array_equal(segmentation[: len(scored)], np.stack([mask for _, _, mask in scored]))
+        assert not segmentation[len(scored) :].any()
+        assert encodings[b]["segmentation"] == [reference_rle(mask) for mask in segmentation]
+        expected_map = np.full(target_sizes[b], -1)
+        for index in reversed(range(len(scored))):
+            expected_map[scored[index][2]] = index
+        assert np.array_equal(id_maps[b]["segmentation"].numpy(), expected_map)

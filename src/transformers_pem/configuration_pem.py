@@ -1,5 +1,8 @@
 """PEM (Prototype-based Efficient MaskFormer) model configuration."""
 
+import dataclasses
+import difflib
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig, ResNetConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -135,6 +138,11 @@ class PEMConfig(PreTrainedConfig):
         # `trust_remote_code` in processes that never imported transformers_pem (and so never registered "stdc").
         if isinstance(self.backbone_config, dict) and self.backbone_config.get("model_type") == STDCConfig.model_type:
             self.backbone_config = STDCConfig(**{k: v for k, v in self.backbone_config.items() if k != "model_type"})
+        # A label set given as label2id alone is the labels (transformers would replace it with 2 default ones).
+        if self.id2label is None and self.label2id:
+            self.id2label = {int(index): name for name, index in self.label2id.items()}
+        if self.id2label is not None:
+            _check_class_indices({int(index) for index in self.id2label}, "id2label")
         super().__post_init__(**kwargs)
 
     def __setattr__(self, key, value):
@@ -170,18 +178,49 @@ class PEMConfig(PreTrainedConfig):
         Keyword arguments override the preset's fields, e.g. `from_preset("pem-r50-ade20k-semantic", num_queries=50)`.
         """
         preset = get_preset(name)
+        unknown = sorted(set(overrides) - _init_arguments(cls))
+        if unknown:
+            hints = [
+                f"{key!r} (did you mean {close[0]!r}?)"
+                if (close := difflib.get_close_matches(key, _init_arguments(cls), 1))
+                else repr(key)
+                for key in unknown
+            ]
+            raise ValueError(f"Unknown PEMConfig fields {', '.join(hints)}: see PEMConfig's docstring for the fields.")
         out_features = ["stage1", "stage2", "stage3", "stage4"]
         if preset.backbone == "r50":
             backbone_config = ResNetConfig(out_features=out_features)
         else:
             backbone_config = STDCConfig(layers=list(STDC_LAYERS[preset.backbone]), out_features=out_features)
+        custom_labels = bool(overrides.keys() & {"id2label", "label2id", "num_labels"})
         settings = {
             "backbone_config": backbone_config,
-            "id2label": {index: label.name for index, label in enumerate(DATASET_LABELS[preset.dataset])},
-            # A custom label set: the dataset's thing ids no longer apply.
-            "thing_ids": None if "id2label" in overrides else preset.thing_ids,
+            # A custom label set (given by any of its three forms): the dataset's labels and thing ids no longer apply.
+            "id2label": None
+            if custom_labels
+            else {index: label.name for index, label in enumerate(DATASET_LABELS[preset.dataset])},
+            "thing_ids": None if custom_labels else preset.thing_ids,
         }
         return cls(**{**settings, **overrides})
+
+
+def _check_class_indices(indices: set[int], argument: str) -> None:
+    """Class indices must be 0, 1, ..., N - 1: the model's class logits are indexed by them."""
+    if indices != set(range(len(indices))):
+        missing = sorted(set(range(max(indices, default=-1) + 1)) - indices)[:5]
+        raise ValueError(
+            f"{argument} must number the classes 0 to {len(indices) - 1}; got {sorted(indices)[:10]}"
+            + (f" (missing {missing})" if missing else "")
+            + ": renumber them (a separate map can keep the dataset's own ids)."
+        )
+
+
+def _init_arguments(config_class: type) -> set[str]:
+    """What a config of `config_class` takes as keyword arguments: its fields, transformers' common settings and
+    their aliases."""
+    fields = {field.name for field in dataclasses.fields(config_class)}
+    common = {"num_labels", "output_attentions", "attn_implementation", "dtype", "name_or_path"}
+    return fields | common | set(config_class.attribute_map)
 
 
 __all__ = ["PEMConfig"]

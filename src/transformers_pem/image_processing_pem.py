@@ -2,6 +2,7 @@
 segmentation maps, and the official inference as post-processing (`post_processing_pem`)."""
 
 import math
+import os
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -23,6 +24,7 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, is_torchvision_available, logging
 
 from .configuration_pem import SIZE_DIVISOR
+from .image_loading_pem import load_image
 from .post_processing_pem import PEMPostProcessingMixin, inference_settings
 from .presets_pem import get_preset, get_protocol
 
@@ -324,6 +326,15 @@ class PEMImageProcessorMixin(PEMPostProcessingMixin):
             `(num_masks, height, width)`, 0 on padding) and `class_labels` (per image `(num_masks,)`).
         """
         return super().preprocess(images, segmentation_maps, instance_id_to_semantic_id, **kwargs)
+
+    def fetch_images(self, image_url_or_urls: "str | os.PathLike | list", timeout: float | None = None) -> ImageInput:
+        """Paths, URLs and `data:` URIs decoded by `image_loading_pem.load_image`, as a viewer shows them (EXIF
+        orientation, 16-bit and float images scaled, transparency over white); images pass through."""
+        if isinstance(image_url_or_urls, (list, tuple)):
+            return [self.fetch_images(source, timeout) for source in image_url_or_urls]
+        if isinstance(image_url_or_urls, (str, os.PathLike)):
+            return load_image(image_url_or_urls, timeout)
+        return super().fetch_images(image_url_or_urls)
 
     def _prepare_images_structure(self, images: ImageInput, expected_ndims: int = 3) -> ImageInput:
         return super()._prepare_images_structure(_expand_grayscale_arrays(images), expected_ndims=expected_ndims)

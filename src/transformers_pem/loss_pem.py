@@ -441,6 +441,11 @@ class PEMLoss(nn.Module):
                     f"mask_labels[{i}] must have shape (num_targets, height, width) with one mask per class label; "
                     f"got masks of shape {tuple(masks.shape)} for {labels.shape[0]} class labels."
                 )
+            if masks.is_floating_point() and not bool(torch.isfinite(masks).all()):
+                raise ValueError(
+                    f"mask_labels[{i}] has NaN or infinite values: the targets must be 0/1 masks (check how they were "
+                    "built, e.g. resized or normalised)."
+                )
             if masks.numel() and (masks.min() < 0 or masks.max() > 1):
                 raise ValueError(
                     f"mask_labels[{i}] must hold values in [0, 1] (1 on the target's pixels); got values in "

@@ -9,6 +9,7 @@ from transformers.image_processing_outputs import SemanticSegmentationPostProces
 from .configuration_pem import MASK_STRIDE
 from .label_maps_pem import (
     FULL_MAP_ELEMENTS,
+    THRESHOLD_MARGIN,
     best_instance_map,
     crop_and_resize,
     output_masks,
@@ -71,15 +72,25 @@ def _check_fraction(name: str, value: float, below_one: bool = False) -> None:
 def _resolve_target_sizes(target_sizes, default_sizes: list[tuple[int, int]]) -> list[tuple[int, int]]:
     if target_sizes is None:
         return default_sizes
+    form = "target_sizes is a list of (height, width) pairs, one per image, e.g. [(480, 640)]"
+    if isinstance(target_sizes, (str, bytes)) or not hasattr(target_sizes, "__len__"):
+        raise ValueError(f"{form}; got {target_sizes!r}.")
     if len(target_sizes) != len(default_sizes):
         raise ValueError(
-            f"Got {len(target_sizes)} target sizes for a batch of {len(default_sizes)}: pass one (height, width) each."
+            f"Got {len(target_sizes)} target sizes for a batch of {len(default_sizes)}: {form} (one pair is "
+            "[(height, width)], not (height, width))."
         )
     resolved = []
     for size in target_sizes:
-        height, width = (int(value) for value in size)
+        values = size.tolist() if isinstance(size, (torch.Tensor, np.ndarray)) else size
+        if not isinstance(values, (list, tuple)) or len(values) != 2:
+            raise ValueError(f"{form}; got the entry {size!r}.")
+        if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
+            if not all(isinstance(value, (float, np.floating)) and float(value).is_integer() for value in values):
+                raise ValueError(f"{form} of whole numbers of pixels; got {tuple(values)}.")
+        height, width = (int(value) for value in values)
         if height <= 0 or width <= 0:
-            raise ValueError(f"Target sizes must be positive (height, width) pairs, got {tuple(size)}.")
+            raise ValueError(f"Target sizes must be positive (height, width) pairs, got {tuple(values)}.")
         resolved.append((height, width))
     return resolved
 
@@ -357,16 +368,27 @@ class PEMPostProcessingMixin:
             class_probs = class_logit.softmax(dim=-1)[:, :-1]
             topk_scores, topk_indices = class_probs.flatten().topk(top_k, sorted=False)
             labels, queries = topk_indices % num_labels, topk_indices // num_labels
-            is_thing = torch.isin(labels, thing_ids)
-            topk_scores, labels, queries = topk_scores[is_thing], labels[is_thing], queries[is_thing]
+            # A detection's score is its class score times a mask score below 1: those whose class score is below
+            # `threshold` are dropped before any work at the output size.
+            kept = torch.isin(labels, thing_ids) & (topk_scores >= threshold)
+            topk_scores, labels, queries = topk_scores[kept], labels[kept], queries[kept]
 
             # Masks depend only on the query: resize each selected query once (detections share queries).
             queries, detection_query = torch.unique(queries, return_inverse=True)
+            # A query whose mask logits all stay below the threshold has an empty mask at any size (bilinear
+            # resizing averages) and a mask score of 0: it is not resized. The others come first, so that the chunks
+            # of `output_masks` cover them alone; detections follow their query to its new position.
+            nonempty = mask_logit[queries].flatten(1).amax(dim=1) > mask_logit_threshold - THRESHOLD_MARGIN
+            permutation = torch.cat([nonempty.nonzero()[:, 0], (~nonempty).nonzero()[:, 0]])
+            position = torch.empty_like(permutation)
+            position[permutation] = torch.arange(len(permutation), device=permutation.device)
+            queries, detection_query = queries[permutation], position[detection_query]
+            num_nonempty, num_empty = int(nonempty.sum()), int((~nonempty).sum())
             sizes = (padded_size, valid_size, target_size)
             binary_chunks, mask_scores, encodings = [], [], []
             # The binary masks are kept for the output where they fit; a larger output recomputes them in chunks.
-            keep_binary = return_binary_maps or len(queries) * target_size[0] * target_size[1] <= FULL_MAP_ELEMENTS
-            for start, masks in output_masks(mask_logit[queries], *sizes):
+            keep_binary = return_binary_maps or num_nonempty * target_size[0] * target_size[1] <= FULL_MAP_ELEMENTS
+            for start, masks in output_masks(mask_logit[queries[:num_nonempty]], *sizes):
                 binary_masks = masks > mask_logit_threshold  # (chunk queries, height, width)
                 # Sigmoids in place: only the binary masks are needed after the mask scores.
                 mask_scores.append(
@@ -377,6 +399,12 @@ class PEMPostProcessingMixin:
                     encodings += [binary_mask_to_rle(mask) for mask in binary_masks]
                 elif keep_binary:
                     binary_chunks.append((start, binary_masks))
+            mask_scores.append(torch.zeros(num_empty, device=mask_logit.device))
+            if return_coco_annotation and num_empty:
+                encodings += [binary_mask_to_rle(torch.zeros(target_size, dtype=torch.bool))] * num_empty
+            if return_binary_maps and num_empty:
+                empty = torch.zeros(num_empty, *target_size, dtype=torch.bool, device=mask_logit.device)
+                binary_chunks.append((num_nonempty, empty))
             scores = topk_scores * torch.cat(mask_scores)[detection_query]
             order = [i for i in scores.argsort(descending=True, stable=True).tolist() if scores[i] >= threshold]
 
@@ -391,7 +419,7 @@ class PEMPostProcessingMixin:
                 segmentation = [encodings[query] for query in order_queries.tolist()]
             else:
                 if not keep_binary:
-                    chunks = output_masks(mask_logit[queries], *sizes)
+                    chunks = output_masks(mask_logit[queries[:num_nonempty]], *sizes)
                     binary_chunks = ((start, masks > mask_logit_threshold) for start, masks in chunks)
                 segmentation = best_instance_map(binary_chunks, order_queries, len(queries), target_size)
             results.append({"segmentation": segmentation, "segments_info": segments_info})

@@ -12,7 +12,7 @@ import torch
 
 from ..data.loaders import load_evaluation_dataset
 from ..deploy.hub import check_hub_token, push_folder, trained_model_card
-from ..deploy.runtimes import load_model
+from ..deploy.runtimes import check_device, load_model
 from ..evaluation.evaluate import evaluate_model, format_results_table
 from ..image_processing_pem import PEMImageProcessor
 from ..inference.precision import PRECISIONS
@@ -20,6 +20,7 @@ from ..labels_pem import DATASET_LABELS
 from ..modeling_pem import PEMForUniversalSegmentation
 from ..presets_pem import TASKS, official_crop_size, official_tta_settings
 from ..training.scalars import CURVES_FILE
+from ..utils.paths import atomic_file, check_output_dir, check_output_file
 from .options import add_allocator_argument, apply_allocator_argument
 
 
@@ -107,6 +108,23 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point (see `parse_args`); returns the results written to `--output`."""
     args = parse_args(argv)
     apply_allocator_argument(args)
+    for name in ("batch_size", "max_images"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    if args.num_workers < 0:
+        raise ValueError(f"--num-workers must be 0 or more, got {args.num_workers}.")
+    for name in ("scales", "stride", "sliding_window"):
+        if any(value < 1 for value in getattr(args, name) or []):
+            raise ValueError(f"--{name.replace('_', '-')} takes positive sizes, got {getattr(args, name)}.")
+    if args.max_size is not None and args.max_size < 1:
+        raise ValueError(f"--max-size must be at least 1, got {args.max_size}.")
+    # Where the results go is checked before the evaluation, not after it.
+    if args.output is not None:
+        check_output_file(args.output, "--output")
+    if args.export_dir is not None:
+        check_output_dir(args.export_dir, "--export-dir")
+    if args.device is not None:
+        check_device(args.device)
     if args.push_to_hub:
         check_hub_token("--push-to-hub")
         if args.onnx is not None or args.openvino is not None or not Path(args.checkpoint).is_dir():
@@ -218,9 +236,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     if args.task == "panoptic" and (scales or flip or window):
         print("Test-time augmentation / sliding windows apply to the semantic output (mIoU) only; PQ is single-scale.")
     if args.output is not None:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        with open(args.output, "w") as file:
-            json.dump(_json_safe(results), file, indent=2)
+        with atomic_file(args.output) as path:
+            path.write_text(json.dumps(_json_safe(results), indent=2))
     if args.push_to_hub:
         checkpoint = Path(args.checkpoint)
         training = checkpoint / "training_config.json"

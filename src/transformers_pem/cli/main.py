@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default: 1)")
     predict.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
     add_runtime_arguments(predict)
+    predict.add_argument(
+        "--resume", action="store_true", help="continue a run into --out: images it has done are skipped"
+    )
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace the results a run left in --out (only those files)"
+    )
     predict.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_allocator_argument(predict)
     app = subcommands.add_parser(
@@ -69,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--host", default="127.0.0.1", help="address to serve on (default: %(default)s)")
     app.add_argument("--port", type=int, default=7860, help="port (default: %(default)s)")
     app.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    app.add_argument(
+        "--max-pixels", type=int, default=None, help="largest upload in pixels (default: 24 million, 24 megapixels)"
+    )
     add_runtime_arguments(app)
     for name, (_, help_text) in DELEGATED.items():
         subcommands.add_parser(name, help=help_text, add_help=False)
@@ -89,24 +98,37 @@ def run_predict(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         runtime=args.runtime,
         model_file=args.model_file,
+        resume=args.resume,
+        overwrite=args.overwrite,
     )
-    print(f"Segmented {len(summary.segmented)} images into {summary.output_dir}.")
+    earlier = f" ({len(summary.resumed)} more done by the earlier run)" if summary.resumed else ""
+    print(f"Segmented {len(summary.segmented)} images into {summary.output_dir}{earlier}.")
     if summary.skipped:
         print(f"Skipped {len(summary.skipped)} unreadable files (see the warnings above).", file=sys.stderr)
-    if not summary.segmented:
+    if not summary.segmented and not summary.resumed:
         raise ValueError("no readable image was found")
     return 0
 
 
 def run_app(args: argparse.Namespace) -> int:
-    from ..app.web import build_app
+    from ..app.web import MAX_PIXELS, MAX_UPLOAD, build_app
     from ..data.sources import IMAGE_SUFFIXES
 
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must be 0-65535, got {args.port}.")
+    max_pixels = MAX_PIXELS if args.max_pixels is None else args.max_pixels
+    if max_pixels < 1:
+        raise ValueError(f"--max-pixels must be at least 1, got {max_pixels}.")
     examples = None
     if args.examples:
+        if not Path(args.examples).is_dir():
+            raise ValueError(f"--examples {args.examples} is not a folder: pass a folder of example images.")
         examples = [str(p) for p in sorted(Path(args.examples).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
-    options = {"device": args.device, "runtime": args.runtime, "model_file": args.model_file}
-    build_app(args.model, examples=examples, **options).launch(server_name=args.host, server_port=args.port)
+        if not examples:
+            raise ValueError(f"--examples {args.examples} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    options = {"device": args.device, "runtime": args.runtime, "model_file": args.model_file, "max_pixels": max_pixels}
+    app = build_app(args.model, examples=examples, **options)
+    app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=True)
     return 0
 
 
@@ -137,6 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, ImportError, OSError) as error:
         print(f"pem {command}: error: {error}" if command else f"pem: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        # What was written stays consistent: `pem predict --resume` and `pem train` (from its checkpoints) go on.
+        print(f"pem {command}: interrupted.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -158,9 +158,8 @@ def calibration_images(source: str | os.PathLike, num_images: int, split: str = 
     """Up to `num_images` PIL images for int8 calibration: the image files of a folder or glob pattern (as `pem
     predict` finds them, in name order), or the `image` column of a dataset that `load_segmentation_dataset` reads
     (a `save_to_disk` folder, a `.parquet` file, a Hub name; `split` selects the split)."""
-    from PIL import Image
-
     from ..data.sources import IMAGE_SUFFIXES, find_sources
+    from ..image_loading_pem import image_to_rgb, load_image
 
     path = Path(source)
     saved_dataset = (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
@@ -168,14 +167,14 @@ def calibration_images(source: str | os.PathLike, num_images: int, split: str = 
         files = [file for file in find_sources(source) if file.suffix.lower() in IMAGE_SUFFIXES][:num_images]
         if not files:
             raise ValueError(f"No images in {source} (looked for {', '.join(IMAGE_SUFFIXES)}) to calibrate with.")
-        return [Image.open(file).convert("RGB") for file in files]
+        return [load_image(file) for file in files]
     require("datasets", "train", "Calibration on a `datasets` split")
     from ..data.loaders import _load_dataset_source
 
     dataset = _load_dataset_source(str(source), split, {})
     if "image" not in dataset.column_names:
         raise ValueError(f"The calibration dataset has no 'image' column (columns: {dataset.column_names}).")
-    return [image.convert("RGB") for image in dataset.select(range(min(num_images, len(dataset))))["image"]]
+    return [image_to_rgb(image) for image in dataset.select(range(min(num_images, len(dataset))))["image"]]
 
 
 def quantize_onnx(

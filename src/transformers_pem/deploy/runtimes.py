@@ -24,6 +24,27 @@ def check_runtime(
         )
 
 
+def check_device(device: str) -> None:
+    """Refuse a device string torch does not parse, or a device this machine does not have (before any model is
+    loaded, not deep inside the first `.to`)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"--device {device!r} is not a torch device ({error}): use cpu, cuda, cuda:1, mps..."
+        ) from None
+    if parsed.type == "cpu":
+        return
+    backend = getattr(torch, parsed.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not available:
+        raise ValueError(f"--device {device}: this machine has no {parsed.type} device: use --device cpu.")
+    if parsed.index is not None and hasattr(backend, "device_count") and parsed.index >= backend.device_count():
+        raise ValueError(f"--device {device}: this machine has {backend.device_count()} {parsed.type} device(s).")
+
+
 def check_model_directory(model: str | os.PathLike) -> None:
     """Refuse a path that is not a saved (or exported) PEM model directory."""
     if not (Path(model) / "config.json").is_file():

@@ -45,6 +45,7 @@ from ..inference.predictor import Predictor, eval_mode
 from ..labels_pem import dataset_for
 from ..presets_pem import check_task
 from ..utils.extras import require
+from ..utils.paths import check_output_dir
 from .metrics import MaskAP, MeanIoU, PanopticQuality
 from .submission import PredictionExporter
 
@@ -154,8 +155,15 @@ def evaluate_model(
         `dict[str, float]`: the metrics in percent, e.g. `{"mIoU": 79.9, "mAcc": ..., "pAcc": ..., "IoU-road": ...}`.
     """
     check_task(task)
+    if isinstance(dataset, (str, os.PathLike)):
+        raise ValueError(
+            f"dataset is a path ({dataset}): load it first, e.g. with data.loaders.load_cityscapes(root, split, "
+            "task), load_ade20k(...) or load_segmentation_dataset(source) (a saved or Hub `datasets` dataset)."
+        )
     if len(dataset) == 0:
         raise ValueError("The dataset is empty.")
+    if export_dir is not None:
+        check_output_dir(export_dir, "export_dir")
     if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}.")
     columns = set(getattr(dataset, "column_names", None) or dataset[0].keys())

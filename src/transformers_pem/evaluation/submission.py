@@ -10,6 +10,7 @@ import PIL.Image
 
 from ..labels_pem import DATASET_LABELS
 from ..utils.extras import require
+from ..utils.paths import atomic_file
 from .process_order import key_order
 
 
@@ -68,7 +69,6 @@ class PredictionExporter:
 
     def add_semantic(self, image_id: str, segmentation: np.ndarray) -> None:
         folder = self.export_dir / "semantic"
-        folder.mkdir(parents=True, exist_ok=True)
         if self.label_set == "cityscapes":
             values, name = np.asarray(self.category_ids, np.uint8)[segmentation], f"{image_id}_labelIds.png"
         elif self.label_set == "ade20k":
@@ -76,14 +76,16 @@ class PredictionExporter:
         else:
             dtype = np.uint8 if len(self.category_ids) <= 256 else np.uint16
             values, name = segmentation.astype(dtype), f"{image_id}.png"
-        PIL.Image.fromarray(values).save(folder / name)
+        with atomic_file(folder / name) as path:
+            PIL.Image.fromarray(values).save(path)
 
-    def add_panoptic(self, image_id: str, segmentation: np.ndarray, segments_info: list[dict]) -> None:
+    def add_panoptic(self, image_id: str, segmentation: np.ndarray, segments_info: list[dict]) -> dict:
+        """Write the panoptic PNG; returns the image's JSON entries (`{"image", "annotation"}`, see `add_entries`)."""
         folder = self.export_dir / "panoptic"
-        folder.mkdir(parents=True, exist_ok=True)
         segmentation = segmentation.astype(np.int64)
         rgb = np.stack([segmentation % 256, segmentation // 256 % 256, segmentation // 65536 % 256], axis=-1)
-        PIL.Image.fromarray(rgb.astype(np.uint8)).save(folder / f"{image_id}.png")
+        with atomic_file(folder / f"{image_id}.png") as path:
+            PIL.Image.fromarray(rgb.astype(np.uint8)).save(path)
         segments = []
         for segment in segments_info:
             mask = segmentation == segment["id"]
@@ -102,15 +104,17 @@ class PredictionExporter:
                 }
             )
         height, width = segmentation.shape
-        self.images.append({"id": image_id, "file_name": f"{image_id}.png", "height": height, "width": width})
-        self.panoptic_annotations.append(
-            {"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments}
-        )
+        entries = {
+            "image": {"id": image_id, "file_name": f"{image_id}.png", "height": height, "width": width},
+            "annotation": {"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments},
+        }
+        self.add_entries(entries)
+        return entries
 
-    def add_instance(self, image_id: str, masks: np.ndarray, segments_info: list[dict]) -> None:
+    def add_instance(self, image_id: str, masks: np.ndarray, segments_info: list[dict]) -> dict:
+        """Encode the masks; returns the image's JSON entries (`{"instances"}`, see `add_entries`)."""
         mask_utils = require("pycocotools.mask", "eval", "Exporting instance predictions (COCO RLE)")
         instances = []
-        self.instances.append(instances)
         for mask, segment in zip(masks, segments_info):
             rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
             rle["counts"] = rle["counts"].decode("ascii")
@@ -122,6 +126,18 @@ class PredictionExporter:
                     "score": float(segment["score"]),
                 }
             )
+        entries = {"instances": instances}
+        self.add_entries(entries)
+        return entries
+
+    def add_entries(self, entries: dict) -> None:
+        """Add one image's JSON entries as `add_panoptic` or `add_instance` returned them (for a run that resumes
+        from the entries it kept)."""
+        if "annotation" in entries:
+            self.images.append(entries["image"])
+            self.panoptic_annotations.append(entries["annotation"])
+        else:
+            self.instances.append(entries["instances"])
 
     def state(self) -> dict:
         """The JSON records added so far, to combine with other processes' by `merge_states` (the PNGs are
@@ -141,15 +157,15 @@ class PredictionExporter:
                 setattr(self, attribute, [states[part][name][position] for part, position in order])
 
     def close(self) -> None:
-        """Write the JSON files."""
+        """Write the JSON files of the predictions added so far (atomically: it may be called again later)."""
         if self.panoptic_annotations:
-            with open(self.export_dir / "panoptic.json", "w") as file:
+            with atomic_file(self.export_dir / "panoptic.json") as path, open(path, "w") as file:
                 json.dump(
                     {"images": self.images, "annotations": self.panoptic_annotations, "categories": self.categories},
                     file,
                 )
         if self.instances:
-            with open(self.export_dir / "instances.json", "w") as file:
+            with atomic_file(self.export_dir / "instances.json") as path, open(path, "w") as file:
                 json.dump([instance for instances in self.instances for instance in instances], file)
 
 

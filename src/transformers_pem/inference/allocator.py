@@ -35,3 +35,13 @@ def tune_glibc_malloc() -> bool:
 def glibc_malloc_tuned() -> bool:
     """Whether `tune_glibc_malloc()` has been applied in this process."""
     return _tuned
+
+
+def release_free_memory() -> bool:
+    """Hand the heap memory freed so far back to the system (glibc's `malloc_trim(0)`), e.g. after a request much
+    larger than the usual ones in a process tuned by `tune_glibc_malloc`, which otherwise keeps its peak. Returns
+    whether it ran (glibc only)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    return True

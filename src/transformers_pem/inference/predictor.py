@@ -29,6 +29,7 @@ How predictions are made (see [`predict`]):
 
 import contextlib
 import math
+import os
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -37,6 +38,7 @@ import torch
 from torch import nn
 
 from ..configuration_pem import padded_size
+from ..image_loading_pem import load_image
 from ..post_processing_pem import valid_sizes
 from ..presets_pem import check_task
 from .precision import PRECISIONS, precision_autocast
@@ -225,6 +227,8 @@ class Predictor:
     def __call__(self, images: list, return_scores: bool) -> list[dict]:
         if len(images) == 0:
             return []
+        # Paths are decoded as viewers show them (EXIF orientation, 16-bit and float images, transparency).
+        images = [load_image(image) if isinstance(image, (str, os.PathLike)) else image for image in images]
         original_sizes = []
         for image in images:
             if isinstance(image, PIL.Image.Image):
@@ -314,7 +318,7 @@ def predict(
         processor ([`PEMImageProcessor`]):
             Pre- and post-processing (its test size, thing classes and semantic post-processing order are used).
         images (`list`):
-            PIL images, numpy arrays or tensors, of any sizes.
+            PIL images, numpy arrays, tensors or image paths, of any sizes.
         task (`str`, *optional*, defaults to `"semantic"`):
             `"semantic"`, `"panoptic"` or `"instance"`. Every task also returns the semantic prediction, unless
             `return_semantic=False`.
@@ -361,5 +365,7 @@ def predict(
         precision,
         semantic=return_semantic,
     )
+    if isinstance(images, (str, os.PathLike, PIL.Image.Image)):
+        raise ValueError(f"images must be a list of images, got one {type(images).__name__}: pass [image].")
     with eval_mode(model), torch.inference_mode():
         return predictor(list(images), return_scores)

@@ -1,11 +1,31 @@
 """What a training run does: `TrainingConfig`, and the official recipe its unset optimisation settings take."""
 
+import math
 import os
 from dataclasses import dataclass
 
 from ..presets_pem import Protocol, check_task, get_preset
 
 _SHARED_RECIPE = ("weight_decay", "backbone_lr_multiplier", "clip_grad_norm", "warmup_steps")
+# The numeric settings and their smallest value (None values take the recipe's): a negative warmup trains with a
+# negative learning rate, keep_checkpoints=-1 deletes each checkpoint as it is written, max_steps=0 divides by zero.
+_MINIMUMS = {
+    "num_workers": 0,
+    "max_steps": 1,
+    "batch_size": 1,  # (2 for training, checked below with the reason)
+    "gradient_accumulation_steps": 1,
+    "warmup_steps": 0,
+    "precise_bn_batches": 0,
+    "save_every": 0,  # 0: no intermediate checkpoints
+    "keep_checkpoints": 1,
+    "eval_every": 0,  # 0: no evaluation during training
+    "learning_rate": 0.0,  # exclusive
+    "weight_decay": 0.0,
+    "backbone_lr_multiplier": 0.0,
+    "clip_grad_norm": 0.0,  # 0: off
+    "scale": 0.0,  # exclusive
+}
+_EXCLUSIVE = ("learning_rate", "scale")
 # Without an official preset (a model from `model_name_or_path` only): a short fine-tuning schedule.
 _FINE_TUNING_STEPS = 1000
 _FINE_TUNING_LEARNING_RATE = 1e-4
@@ -67,6 +87,24 @@ class TrainingConfig:
             get_preset(self.preset)  # a clear error for an unknown name
         elif self.model_name_or_path is None:
             raise ValueError("Set a preset (the model and its official recipe) or model_name_or_path.")
+        self._check_numbers()
+        if self.config_overrides is not None:
+            if not isinstance(self.config_overrides, dict):
+                raise ValueError(
+                    f"config_overrides must be a dict of PEMConfig fields, got {self.config_overrides!r}."
+                )
+            if self.model_name_or_path is not None:
+                raise ValueError(
+                    "config_overrides builds a new model from the preset; a saved model (model_name_or_path) keeps "
+                    "its own config: drop one of them."
+                )
+            from ..configuration_pem import PEMConfig
+
+            PEMConfig.from_preset(self.preset, **self.config_overrides)  # unknown fields and bad values, now
+        if self.mixed_precision not in (None, "no", "fp16", "bf16"):
+            raise ValueError(f"mixed_precision must be 'no', 'fp16' or 'bf16', got {self.mixed_precision!r}.")
+        if self.test_size is not None and (len(self.test_size) != 2 or min(self.test_size) < 1):
+            raise ValueError(f"test_size is (shortest edge, longest edge), two positive sizes: got {self.test_size}.")
         check_task(self.task)
         if self.dataset not in ("cityscapes", "ade20k", "hub"):
             raise ValueError(f"Unknown dataset {self.dataset!r}: use 'cityscapes', 'ade20k' or 'hub'.")
@@ -78,6 +116,19 @@ class TrainingConfig:
             )
         if self.id2label is not None:
             self.id2label = {int(index): name for index, name in self.id2label.items()}
+
+    def _check_numbers(self) -> None:
+        for name, minimum in _MINIMUMS.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            integral = isinstance(minimum, int)
+            if isinstance(value, bool) or not isinstance(value, int if integral else (int, float)):
+                kind = "a whole number" if integral else "a number"
+                raise ValueError(f"{name} must be {kind}, got {value!r}.")
+            if not math.isfinite(value) or value < minimum or (name in _EXCLUSIVE and value == minimum):
+                bound = f"more than {minimum}" if name in _EXCLUSIVE else f"at least {minimum}"
+                raise ValueError(f"{name} must be {bound}, got {value!r}.")
 
     def recipe(self) -> dict:
         """The optimisation settings: those set here, the others from the preset's official recipe (a short

@@ -1,6 +1,7 @@
 """A training run's scalars (JSON lines, one object per step or evaluation) and the curves drawn from them."""
 
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -12,6 +13,8 @@ from ..utils.extras import require
 
 if TYPE_CHECKING:
     import accelerate
+
+logger = logging.getLogger(__name__)
 
 SCALARS_FILE = "scalars.jsonl"
 CURVES_FILE = "curves.png"
@@ -52,12 +55,23 @@ class ScalarLog:
 
 def read_scalars(path: str | os.PathLike) -> dict[str, tuple[list[int], list[float]]]:
     """`{name: (steps, values)}` from a `scalars.jsonl` file, in step order; a later entry for the same step and name
-    (a re-evaluation after BatchNorm recomputation) replaces the earlier one."""
+    (a re-evaluation after BatchNorm recomputation) replaces the earlier one. A truncated last line (a run killed
+    while writing it) is left out with a warning; a bad line elsewhere is an error that names it."""
     series: dict[str, dict[int, float]] = {}
-    for line in Path(path).read_text().splitlines():
-        entry = json.loads(line)
-        step = entry.pop("step")
-        for name, value in entry.items():
+    lines = Path(path).read_text().splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            step = entry.pop("step")
+            values = {name: float(value) for name, value in entry.items()}
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            if number == len(lines):
+                logger.warning("%s: left out its truncated last line %d (%s).", path, number, error)
+                break
+            raise ValueError(f"{path}, line {number}: not a scalars entry ({error}): {line[:80]!r}") from None
+        for name, value in values.items():
             series.setdefault(name, {})[step] = value
     return {name: (sorted(values), [values[s] for s in sorted(values)]) for name, values in series.items()}
 

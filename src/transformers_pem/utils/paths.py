@@ -1,7 +1,9 @@
-"""Output paths checked before any work is done."""
+"""Output paths checked before any work is done, and files written atomically."""
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -23,3 +25,33 @@ def check_output_dir(path: str | os.PathLike, argument: str = "output_dir") -> P
             "folder you can write to."
         ) from None
     return path
+
+
+def check_output_file(path: str | os.PathLike, argument: str = "output") -> Path:
+    """Check that the file `path` can be written (its folder created), or raise a `ValueError` naming `argument`:
+    before any work is done, not after it. Creates nothing."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(
+            f"{argument}={str(path)!r} is a folder: pass a file path, e.g. {str(path / 'results.json')!r}."
+        )
+    check_output_dir(path.parent, f"the folder of {argument}")
+    return path
+
+
+@contextmanager
+def atomic_file(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary path beside `path` (same suffix, parent folders created) to write the file to; renamed onto
+    `path` when the block ends without an error, removed otherwise: an interrupted write never leaves a truncated
+    file behind, and readers see the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(
+        dir=path.parent, prefix=f".{path.stem}-", suffix=path.suffix, delete=False
+    ) as file:
+        temporary = Path(file.name)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        temporary.unlink(missing_ok=True)

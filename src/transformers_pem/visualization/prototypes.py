@@ -81,7 +81,8 @@ def draw_prototypes(
         queries (`list[int]`, *optional*): the queries to show; defaults to the kept segments (`kept_queries`).
         id2label (`dict[int, str]`, *optional*): class names for the row titles.
         threshold (`float`, *optional*, defaults to 0.8): the class score of a kept query (default `queries`).
-        panel_width (`int`, *optional*, defaults to 256): the width of each panel.
+        panel_width (`int`, *optional*, defaults to 256): the width of each panel; tall images get narrower panels
+            (at most twice as high as `panel_width`), so that the canvas stays small whatever the image's shape.
     """
     if outputs.prototype_indices is None:
         raise ValueError("The outputs have no prototype indices: run the model with output_prototype_indices=True.")
@@ -90,8 +91,10 @@ def draw_prototypes(
     padded = padded_input_size(outputs.masks_queries_logits)
     pixel_mask = getattr(outputs, "pixel_mask", None)
     valid = valid_sizes(pixel_mask)[batch_index] if pixel_mask is not None else padded
-    scale = panel_width / image.width
-    size = (panel_width, max(1, round(image.height * scale)))
+    if not isinstance(panel_width, int) or panel_width < 8:
+        raise ValueError(f"panel_width must be a whole number of pixels, at least 8, got {panel_width!r}.")
+    scale = min(panel_width / image.width, 2 * panel_width / image.height)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
     # Positions in the processed image -> panel pixels.
     to_panel = torch.tensor([size[1] / valid[0], size[0] / valid[1]])
     picture = image.convert("RGB").resize(size, PIL.Image.BILINEAR)

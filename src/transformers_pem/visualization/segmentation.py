@@ -1,6 +1,7 @@
 """Colour overlays of PEM segmentation results, with a legend of the label names."""
 
 import colorsys
+import os
 
 import numpy as np
 import PIL.Image
@@ -8,6 +9,7 @@ import PIL.ImageDraw
 import PIL.ImageFont
 import torch
 
+from ..image_loading_pem import load_image
 from ..labels_pem import DATASET_LABELS
 
 # Official dataset colours, indexed by class: "cityscapes" (19 train ids) and "ade20k" (150 classes).
@@ -38,7 +40,7 @@ def get_palette(palette: str | list[tuple[int, int, int]] | None, num_labels: in
 
 
 def draw_segmentation(
-    image: "PIL.Image.Image | np.ndarray | None",
+    image: "PIL.Image.Image | np.ndarray | str | os.PathLike | None",
     segmentation: "torch.Tensor | np.ndarray",
     segments_info: list[dict] | None = None,
     id2label: dict[int, str] | None = None,
@@ -52,7 +54,8 @@ def draw_segmentation(
 
     Args:
         image (`PIL.Image.Image` or `np.ndarray` `(height, width, 3)`, *optional*):
-            The image the result belongs to, at the result's size (post-process with `target_sizes` = the image size).
+            The image the result belongs to (or its path), at the result's size (post-process with `target_sizes` = the
+            image size).
             `None` draws the colour map alone.
         segmentation (`torch.Tensor` or `np.ndarray` of shape `(height, width)`):
             Class ids (a semantic result or label map), or segment ids of a panoptic / instance result together with
@@ -74,12 +77,31 @@ def draw_segmentation(
     Returns:
         `PIL.Image.Image`: the RGB overlay (plus legend).
     """
+    if isinstance(image, (str, os.PathLike)):
+        image = load_image(image)
+    if not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha is the colours' opacity, in [0, 1]; got {alpha!r}.")
+    if isinstance(segmentation, dict):
+        raise ValueError(
+            "segmentation is a post-processing result: pass result['segmentation'] and result['segments_info']."
+        )
     segmentation = segmentation.cpu().numpy() if isinstance(segmentation, torch.Tensor) else np.asarray(segmentation)
     if segmentation.ndim != 2:
         raise ValueError(
             f"segmentation must be a (height, width) map, got shape {segmentation.shape}; instance results need the "
             "default format (not return_binary_maps / return_coco_annotation)."
         )
+    if segmentation.dtype.kind not in "iub" and not (
+        segmentation.dtype.kind == "f" and np.array_equal(segmentation, np.round(segmentation))
+    ):
+        raise ValueError(
+            f"segmentation must hold integer class or segment ids, got dtype {segmentation.dtype} with fractions: "
+            "pass a label map (e.g. the argmax of scores), not scores or probabilities."
+        )
+    if segments_info is not None and not all(
+        isinstance(s, dict) and {"id", "label_id"} <= s.keys() for s in segments_info
+    ):
+        raise ValueError("segments_info entries need 'id' and 'label_id' (as post-processing returns them).")
     if segments_info is None:
         labels = [int(label) for label in np.unique(segmentation) if label != ignore_index]
         segments = [(segmentation == label, label, 0) for label in labels]
