@@ -548,6 +548,14 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         _raises(ValueError, "the entry"),
     ),
     (
+        "target-sizes-0d-tensors",
+        "post-processing",
+        lambda c: c.processor.post_process_semantic_segmentation(
+            c.outputs, target_sizes=[(torch.tensor(40), torch.tensor(60))]
+        ),
+        lambda result, c: tuple(result[0].shape) == (40, 60) or pytest.fail(f"{result[0].shape}"),
+    ),
+    (
         "target-sizes-fractional",
         "post-processing",
         lambda c: _instance_target_sizes(c, [(40.5, 60)]),

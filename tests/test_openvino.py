@@ -184,7 +184,7 @@ def test_openvino_export_arguments_are_checked_before_any_work(tmp_path, capsys)
     with pytest.raises(ValueError, match="used by int8 quantization only"):
         export(missing, tmp_path / "out", calibration_data=tmp_path)
     (tmp_path / "file").write_text("x")
-    with pytest.raises(ValueError, match="is a file: pass a directory"):
+    with pytest.raises(ValueError, match="is a file, not a folder"):
         export(missing, tmp_path / "file")
     assert cli.main(["export", str(missing), "--format", "openvino", "--output", str(tmp_path / "out")]) == 1
     assert "Cannot load a PEM checkpoint from" in capsys.readouterr().err

@@ -85,6 +85,8 @@ def _resolve_target_sizes(target_sizes, default_sizes: list[tuple[int, int]]) ->
         values = size.tolist() if isinstance(size, (torch.Tensor, np.ndarray)) else size
         if not isinstance(values, (list, tuple)) or len(values) != 2:
             raise ValueError(f"{form}; got the entry {size!r}.")
+        # 0-d tensors and arrays (a tuple of `tensor(480), tensor(640)`) count as their numbers.
+        values = [value.item() if getattr(value, "ndim", None) == 0 else value for value in values]
         if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
             if not all(isinstance(value, (float, np.floating)) and float(value).is_integer() for value in values):
                 raise ValueError(f"{form} of whole numbers of pixels; got {tuple(values)}.")

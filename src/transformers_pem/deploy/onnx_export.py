@@ -26,6 +26,7 @@ from ..configuration_pem import SIZE_DIVISOR
 from ..image_processing_pem import PEMImageProcessor
 from ..modeling_pem import PEMForUniversalSegmentation
 from ..utils.extras import require
+from ..utils.paths import check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -248,9 +249,7 @@ def export(
         raise ValueError("Dynamic quantization uses no calibration data: drop calibration_data, or use 'int8'.")
     if num_calibration_images < 1:
         raise ValueError(f"num_calibration_images must be at least 1, got {num_calibration_images}.")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"The output {output_dir} is a file: pass a directory to write the ONNX model into.")
+    output_dir = check_output_dir(output_dir, "output_dir")
     model, processor = load_checkpoint(checkpoint)
     calibration = None
     if quantize == "int8" and calibration_data is not None:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from ..modeling_pem import PEMForUniversalSegmentation
 from ..utils.extras import require
+from ..utils.paths import check_output_dir
 from .onnx_export import INPUT_NAMES, OUTPUT_NAMES, calibration_images, export_program, load_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -105,9 +106,7 @@ def export(
         raise ValueError("calibration_data is used by int8 quantization only: add quantize='int8' (--quantize int8).")
     if num_calibration_images < 1:
         raise ValueError(f"num_calibration_images must be at least 1, got {num_calibration_images}.")
-    output_dir = Path(output_dir)
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ValueError(f"The output {output_dir} is a file: pass a directory to write the OpenVINO model into.")
+    output_dir = check_output_dir(output_dir, "output_dir")
     model, processor = load_checkpoint(checkpoint)
     # The calibration images are read before the slow conversion, so that a bad source fails at once.
     images = calibration_images(calibration_data, num_calibration_images, calibration_split) if quantize else []
