@@ -29,9 +29,12 @@ $(BROWSER):
 	command -v chromedriver >/dev/null || (apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver)
 
+# The OpenVINO tests run in a process of their own: one whole-suite process that ran them segfaulted later, in
+# test_pipeline (not reproduced with those modules alone; see the README's Limitations).
 test: $(STAMP) $(BROWSER)
 	$(PY) -m ruff check src tests scripts benchmarks app.py
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests --ignore=tests/test_openvino.py
+	$(PY) -m pytest tests/test_openvino.py
 
 # The suite without the tests marked slow (tests/conftest.py says which kinds), for a quick loop while editing.
 test-fast: $(STAMP)
