@@ -9,7 +9,12 @@ import onnx
 import PIL.Image
 import pytest
 import torch
-from tiny_configs import assert_close_relative, backbone_model, save_confident_cityscapes_checkpoint
+from tiny_configs import (
+    assert_close_relative,
+    assert_pipelines_give_the_same_segments,
+    backbone_model,
+    save_confident_cityscapes_checkpoint,
+)
 from transformers import pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
@@ -180,20 +185,7 @@ def test_pipeline_on_onnx_model_gives_the_eager_segments(trained_export, subtask
     model = PEMForUniversalSegmentation.from_pretrained(checkpoint)
     eager = pipeline("image-segmentation", model=model, image_processor=processor)
     runtime = pipeline("image-segmentation", model=PEMOnnxModel.from_pretrained(output), image_processor=processor)
-    # A low score threshold: the briefly trained model is not confident, and every segment it finds is compared.
-    settings = {"subtask": subtask, "threshold": 0.3}
-    found = 0
-    for image in images:
-        expected, actual = eager(image, **settings), runtime(image, **settings)
-        assert [(s["label"], s["score"] is None) for s in actual] == [
-            (s["label"], s["score"] is None) for s in expected
-        ]
-        for a, e in zip(actual, expected):
-            assert np.array_equal(np.asarray(a["mask"]), np.asarray(e["mask"]))
-            if e["score"] is not None:
-                assert a["score"] == pytest.approx(e["score"], abs=1e-4)
-        found += len(expected)
-    assert found >= len(images)
+    assert_pipelines_give_the_same_segments(eager, runtime, images, subtask)
 
 
 @pytest.mark.slow

@@ -9,7 +9,7 @@ import numpy as np
 import PIL.Image
 import pytest
 import torch
-from tiny_configs import backbone_model, save_confident_cityscapes_checkpoint
+from tiny_configs import assert_pipelines_give_the_same_segments, backbone_model, save_confident_cityscapes_checkpoint
 from transformers import pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
@@ -100,17 +100,7 @@ def test_pipeline_on_openvino_gives_the_eager_segments(trained_openvino, subtask
     eager = pipeline("image-segmentation", model=PEMForUniversalSegmentation.from_pretrained(checkpoint),
                      image_processor=processor)  # fmt: skip
     runtime = pipeline("image-segmentation", model=PEMOpenVINOModel.from_pretrained(output), image_processor=processor)
-    settings = {"subtask": subtask, "threshold": 0.3}  # the briefly trained model is not confident
-    found = 0
-    for image in images:
-        expected, actual = eager(image, **settings), runtime(image, **settings)
-        assert [s["label"] for s in actual] == [s["label"] for s in expected]
-        for a, e in zip(actual, expected):
-            assert np.array_equal(np.asarray(a["mask"]), np.asarray(e["mask"]))
-            if e["score"] is not None:
-                assert a["score"] == pytest.approx(e["score"], abs=1e-4)
-        found += len(expected)
-    assert found >= len(images)
+    assert_pipelines_give_the_same_segments(eager, runtime, images, subtask)
 
 
 @pytest.mark.slow

@@ -140,6 +140,15 @@ def reference_instances(class_logits, masks, thing_ids, top_k=100, mask_threshol
     return sorted(instances, key=lambda instance: -instance[0])
 
 
+def reference_instance_map(instances, size):
+    """The id map of [(score, label, binary mask)] by decreasing score: per pixel, the best instance covering it
+    (-1: none)."""
+    expected = np.full(size, -1)
+    for index in reversed(range(len(instances))):
+        expected[instances[index][2]] = index
+    return expected
+
+
 def random_outputs(seed, batch_size=2, num_queries=6, num_labels=5, mask_size=(8, 10), sharp=3.0):
     generator = torch.Generator().manual_seed(seed)
     class_logits = torch.randn(batch_size, num_queries, num_labels + 1, generator=generator) * sharp
@@ -418,11 +427,7 @@ def test_instances_match_reference(monkeypatch, seed, mask_threshold, one_at_a_t
         assert np.array_equal(maps[b]["segmentation"].numpy(), np.stack([mask for _, _, mask in expected]))
         assert encodings[b]["segments_info"] == info
         assert encodings[b]["segmentation"] == [reference_rle(mask) for _, _, mask in expected]
-        # The id map shows, per pixel, the best-scoring instance covering it (-1: none).
-        expected_map = np.full(target_sizes[b], -1)
-        for index in reversed(range(len(expected))):
-            expected_map[expected[index][2]] = index
-        assert np.array_equal(id_maps[b]["segmentation"].numpy(), expected_map)
+        assert np.array_equal(id_maps[b]["segmentation"].numpy(), reference_instance_map(expected, target_sizes[b]))
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -746,7 +751,4 @@ def test_instances_with_empty_queries_match_reference(seed, threshold):
         assert np.array_equal(segmentation[: len(scored)], np.stack([mask for _, _, mask in scored]))
         assert not segmentation[len(scored) :].any()
         assert encodings[b]["segmentation"] == [reference_rle(mask) for mask in segmentation]
-        expected_map = np.full(target_sizes[b], -1)
-        for index in reversed(range(len(scored))):
-            expected_map[scored[index][2]] = index
-        assert np.array_equal(id_maps[b]["segmentation"].numpy(), expected_map)
+        assert np.array_equal(id_maps[b]["segmentation"].numpy(), reference_instance_map(scored, target_sizes[b]))

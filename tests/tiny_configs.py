@@ -3,6 +3,8 @@ path)."""
 
 from pathlib import Path
 
+import numpy as np
+
 # The head of the official-code reference fixtures (tests/fixtures/parity, README "Case 1"): CONVS_DIM 16, MASK_DIM 32,
 # HIDDEN_DIM 32, 10 queries, 4 heads, FFN 64.
 PARITY_HEAD = {
@@ -103,3 +105,22 @@ def backbone_model(backbone: str, num_labels: int = 19):
                 module.running_mean.uniform_(-0.1, 0.1)
                 module.running_var.uniform_(0.5, 1.5)
     return model
+
+
+def assert_pipelines_give_the_same_segments(eager, runtime, images: list, subtask: str) -> None:
+    """An exported runtime's pipeline finds the eager pipeline's segments on every image: the same labels (and which
+    have scores), masks and scores (to 1e-4), at least one segment per image on average. A low score threshold: the
+    briefly trained test models are not confident, and every segment they find is compared."""
+    settings = {"subtask": subtask, "threshold": 0.3}
+    found = 0
+    for image in images:
+        expected, actual = eager(image, **settings), runtime(image, **settings)
+        assert [(s["label"], s["score"] is None) for s in actual] == [
+            (s["label"], s["score"] is None) for s in expected
+        ]
+        for a, e in zip(actual, expected):
+            assert np.array_equal(np.asarray(a["mask"]), np.asarray(e["mask"]))
+            if e["score"] is not None:
+                assert abs(a["score"] - e["score"]) <= 1e-4
+        found += len(expected)
+    assert found >= len(images)

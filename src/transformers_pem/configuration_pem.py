@@ -178,14 +178,13 @@ class PEMConfig(PreTrainedConfig):
         Keyword arguments override the preset's fields, e.g. `from_preset("pem-r50-ade20k-semantic", num_queries=50)`.
         """
         preset = get_preset(name)
-        unknown = sorted(set(overrides) - _init_arguments(cls))
+        known = _init_arguments(cls)
+        unknown = sorted(set(overrides) - known)
         if unknown:
-            hints = [
-                f"{key!r} (did you mean {close[0]!r}?)"
-                if (close := difflib.get_close_matches(key, _init_arguments(cls), 1))
-                else repr(key)
-                for key in unknown
-            ]
+            hints = []
+            for key in unknown:
+                close = difflib.get_close_matches(key, known, 1)
+                hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
             raise ValueError(f"Unknown PEMConfig fields {', '.join(hints)}: see PEMConfig's docstring for the fields.")
         out_features = ["stage1", "stage2", "stage3", "stage4"]
         if preset.backbone == "r50":

@@ -12,11 +12,15 @@ import binascii
 import io
 import os
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
 from transformers.utils import logging
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.get_logger(__name__)
 
@@ -25,10 +29,19 @@ ImageSource = str | os.PathLike | bytes | io.IOBase
 BACKGROUND = (255, 255, 255)
 
 
+def scale_16bit(values: "np.ndarray | torch.Tensor") -> "np.ndarray | torch.Tensor":
+    """16-bit values (0-65535) as 8-bit ones (0-255, rounded), for numpy arrays and torch tensors."""
+    if isinstance(values, np.ndarray):
+        return np.round(values.astype(np.float32) / 257.0).astype(np.uint8)
+    import torch
+
+    return (values.to(torch.float32) / 257.0).round().to(torch.uint8)
+
+
 def _scaled_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
     """A single-channel integer or float image brought to uint8 the way viewers display it."""
     if mode.startswith("I;16"):
-        return np.round(values.astype(np.float32) / 257.0).astype(np.uint8)
+        return scale_16bit(values)
     values = values.astype(np.float64)
     if not np.isfinite(values).all():
         raise ValueError("the image has NaN or infinite pixel values")
@@ -38,7 +51,7 @@ def _scaled_to_8bit(values: np.ndarray, mode: str) -> np.ndarray:
     if mode == "I" and low >= 0 and high <= 255:
         return values.astype(np.uint8)
     if mode == "I" and low >= 0 and high <= 65535:  # 16-bit values in a 32-bit container
-        return np.round(values / 257.0).astype(np.uint8)
+        return scale_16bit(values)
     logger.warning(
         f"A {mode!r} (32-bit {'float' if mode == 'F' else 'integer'}) image with values in [{low:g}, {high:g}] is "
         "stretched from its minimum to its maximum, as image viewers show it."
@@ -70,6 +83,8 @@ def image_to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
 
 
 def _describe(source: ImageSource) -> str:
+    if isinstance(source, str) and source.startswith("data:"):
+        return "the data: URI"
     return str(source) if isinstance(source, (str, os.PathLike)) else "the image"
 
 
@@ -142,4 +157,4 @@ def load_image(source: ImageSource, timeout: float | None = None) -> PIL.Image.I
         return image_to_rgb(image)
 
 
-__all__ = ["image_frames", "image_to_rgb", "load_image", "open_image"]
+__all__ = ["image_frames", "image_to_rgb", "load_image", "open_image", "scale_16bit"]

@@ -24,7 +24,7 @@ from transformers.processing_utils import ImagesKwargs, Unpack
 from transformers.utils import TensorType, is_torchvision_available, logging
 
 from .configuration_pem import SIZE_DIVISOR
-from .image_loading_pem import load_image
+from .image_loading_pem import load_image, scale_16bit
 from .post_processing_pem import PEMPostProcessingMixin, inference_settings
 from .presets_pem import get_preset, get_protocol
 
@@ -88,7 +88,7 @@ def prepare_image_dtype(image: ImageInput, input_data_format: "ChannelDimension 
     """
     if isinstance(image, PIL.Image.Image):
         if image.mode.startswith("I;16"):
-            return PIL.Image.fromarray(_scale_16bit(np.array(image)), mode="L")
+            return PIL.Image.fromarray(scale_16bit(np.array(image)), mode="L")
         if image.mode in ("I", "F"):
             raise ValueError(
                 f"PIL images of mode {image.mode!r} (32-bit) are not supported: convert them to 8-bit RGB or pass a "
@@ -115,7 +115,7 @@ def prepare_image_dtype(image: ImageInput, input_data_format: "ChannelDimension 
         if not finite:
             raise ValueError("The image has NaN or infinite pixel values: replace them before segmenting it.")
     if dtype == "uint16":
-        return _scale_16bit(image)
+        return scale_16bit(image)
     if dtype == "bool" or dtype.startswith("complex"):
         raise ValueError(f"Images of dtype {dtype} are not supported: pass uint8, uint16 or float images.")
     if dtype.startswith(("int", "uint")) and dtype != "uint8":
@@ -140,12 +140,6 @@ def _float_image_to_255(image: "np.ndarray | torch.Tensor") -> "np.ndarray | tor
         "pass uint8 images, 0-255 floats, or do_rescale=False to silence this."
     )
     return image * 255
-
-
-def _scale_16bit(image: "np.ndarray | torch.Tensor") -> "np.ndarray | torch.Tensor":
-    if isinstance(image, torch.Tensor):
-        return (image.to(torch.float32) / 257.0).round().to(torch.uint8)
-    return np.round(image.astype(np.float32) / 257.0).astype(np.uint8)
 
 
 def _expand_grayscale_arrays(images: ImageInput) -> ImageInput:

@@ -87,9 +87,9 @@ def _resolve_target_sizes(target_sizes, default_sizes: list[tuple[int, int]]) ->
             raise ValueError(f"{form}; got the entry {size!r}.")
         # 0-d tensors and arrays (a tuple of `tensor(480), tensor(640)`) count as their numbers.
         values = [value.item() if getattr(value, "ndim", None) == 0 else value for value in values]
-        if not all(isinstance(value, (int, np.integer)) and not isinstance(value, bool) for value in values):
-            if not all(isinstance(value, (float, np.floating)) and float(value).is_integer() for value in values):
-                raise ValueError(f"{form} of whole numbers of pixels; got {tuple(values)}.")
+        numbers = (int, float, np.integer, np.floating)
+        if not all(isinstance(v, numbers) and not isinstance(v, bool) and float(v).is_integer() for v in values):
+            raise ValueError(f"{form} of whole numbers of pixels; got {tuple(values)}.")
         height, width = (int(value) for value in values)
         if height <= 0 or width <= 0:
             raise ValueError(f"Target sizes must be positive (height, width) pairs, got {tuple(values)}.")
