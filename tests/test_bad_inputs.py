@@ -4,6 +4,7 @@ correct result. Never a stack trace from deep inside torch, transformers or PIL,
 
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,8 +20,10 @@ from tiny_configs import TINY_DECODER, TINY_STDC
 from transformers_pem import MeanIoU, PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor, predict
 from transformers_pem.conversion.checkpoint_io import load_checkpoint
 from transformers_pem.conversion.convert import convert
-from transformers_pem.data.loaders import load_cityscapes
+from transformers_pem.data.loaders import load_cityscapes, load_segmentation_dataset
 from transformers_pem.data.synthetic import generate_ade20k, generate_cityscapes
+from transformers_pem.deploy.onnx_export import calibration_images
+from transformers_pem.deploy.onnx_export import load_checkpoint as load_export_checkpoint
 from transformers_pem.evaluation.evaluate import evaluate_model
 from transformers_pem.training.config import TrainingConfig
 from transformers_pem.training.loop import train
@@ -166,6 +169,14 @@ def _train(context: Context, output_dir, **kwargs):
 
 def _config(**kwargs) -> TrainingConfig:
     return TrainingConfig(output_dir="unused", data_root="unused", preset="pem-stdc1-cityscapes-panoptic", **kwargs)
+
+
+def _warnings(call: Callable[[], Any]) -> list[str]:
+    """The messages of the warnings `call()` emits."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        call()
+    return [str(warning.message) for warning in caught]
 
 
 def _instance_target_sizes(context: Context, target_sizes):
@@ -527,6 +538,44 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         lambda c: _config(model_name_or_path="some/model", config_overrides={"num_queries": 50}),
         _raises(ValueError, "keeps its own config"),
     ),
+    (
+        "train-id2label-word-keys",
+        "training",
+        lambda c: _config(id2label={"a": "road"}),
+        _raises(ValueError, "id2label keys are class indices"),
+    ),
+    (
+        "train-id2label-list",
+        "training",
+        lambda c: _config(id2label=["road", "car"]),
+        _raises(ValueError, "id2label maps class indices to names"),
+    ),
+    (
+        "train-thing-ids-without-labels",
+        "training",
+        lambda c: _config(thing_ids=[11]),
+        _raises(ValueError, "pass id2label with it"),
+    ),
+    (
+        "train-column-mapping-not-hub",
+        "training",
+        lambda c: _config(column_mapping={"img": "image"}),
+        _raises(ValueError, "drop column_mapping or use dataset='hub'"),
+    ),
+    (
+        "train-warmup-longer-than-training",
+        "training",
+        lambda c: _warnings(lambda: _config(warmup_steps=50, max_steps=10)),
+        lambda result, c: (
+            any("warmup_steps=50 is not shorter than max_steps=10" in m for m in result) or pytest.fail(f"{result}")
+        ),
+    ),
+    (
+        "train-model-path-missing",
+        "training",
+        lambda c: _config(model_name_or_path=str(c.tmp / "no_such_model")),
+        _raises(ValueError, "no_such_model' does not exist"),
+    ),
     # --- loss targets
     (
         "loss-nan-masks",
@@ -644,6 +693,25 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         _raises(ValueError, "integer"),
     ),
     (
+        "dataset-path-missing",
+        "datasets",
+        lambda c: load_segmentation_dataset(str(c.tmp / "no_such_dataset"), split="train"),
+        _raises(ValueError, "no_such_dataset' does not exist"),
+    ),
+    # --- export
+    (
+        "export-checkpoint-missing",
+        "export",
+        lambda c: load_export_checkpoint(c.tmp / "no_such_checkpoint"),
+        _raises(ValueError, "no_such_checkpoint' does not exist"),
+    ),
+    (
+        "export-calibration-missing",
+        "export",
+        lambda c: calibration_images(c.tmp / "no_such_images", 4),
+        _raises(ValueError, "no_such_images' does not exist"),
+    ),
+    (
         "miou-compute-before-add",
         "metrics",
         lambda c: MeanIoU().compute(num_labels=19, ignore_index=255),
@@ -669,6 +737,7 @@ def test_the_table_covers_every_entry_point():
         "inference",
         "evaluation",
         "visualization",
+        "export",
     }
 
 

@@ -224,6 +224,17 @@ def test_predict_refuses_mixing_runs_and_resumes_or_overwrites(checkpoint, same_
     assert "exclude each other" in capsys.readouterr().err
 
 
+def test_a_resumed_run_lists_every_image_in_name_order(checkpoint, same_stems, tmp_path):
+    directory, _, _ = checkpoint
+    assert predict_into(directory, same_stems, tmp_path / "whole") == 0
+    out = tmp_path / "out"
+    assert predict_into(directory, f"{same_stems}/img.*", out) == 0  # img.jpg, img.png first
+    assert predict_into(directory, same_stems, out, "--resume") == 0  # then a/img.png, b/img.png
+    assert list(annotations_of(out)) == ["a/img.png", "b/img.png", "img.jpg", "img.png"]
+    # Byte for byte the COCO file of one uninterrupted run.
+    assert (out / "panoptic.json").read_bytes() == (tmp_path / "whole" / "panoptic.json").read_bytes()
+
+
 def test_an_interrupted_run_is_consistent_and_resumes_to_the_whole(checkpoint, same_stems, tmp_path, monkeypatch):
     directory, _, _ = checkpoint
     assert predict_into(directory, same_stems, tmp_path / "whole") == 0
@@ -247,6 +258,8 @@ def test_an_interrupted_run_is_consistent_and_resumes_to_the_whole(checkpoint, s
     monkeypatch.setattr(files, "draw_segmentation", draw)
     assert predict_into(directory, same_stems, out, "--resume") == 0
     assert annotations_of(out) == annotations_of(tmp_path / "whole")
+    # Byte for byte: the resumed run's COCO file is the one an uninterrupted run writes.
+    assert (out / "panoptic.json").read_bytes() == (tmp_path / "whole" / "panoptic.json").read_bytes()
 
 
 def test_one_bad_file_is_skipped_whatever_its_error(checkpoint, sources, same_stems, tmp_path, monkeypatch, capsys):

@@ -235,9 +235,10 @@ def segment_files(
         thing_ids = set(processor.thing_ids if processor.thing_ids is not None else id2label)
         dataset = dataset_for(id2label)
         exporter = PredictionExporter(output_dir, id2label, sorted(thing_ids), dataset)
-        for record in done.values():
-            if "annotation_entries" in record:
-                exporter.add_entries(record["annotation_entries"])
+        # The COCO entries of every image done (earlier runs' and this one's), written in name order at the end.
+        entries = {
+            name: record["annotation_entries"] for name, record in done.items() if "annotation_entries" in record
+        }
         summary.resumed = list(done)
 
         def frames() -> Iterator[tuple[str, Path, PIL.Image.Image]]:
@@ -273,6 +274,8 @@ def segment_files(
                     record["annotation_entries"] = exporter.add_instance(name, masks, segments_info)
                 # Written last: an image counts as done once its record exists.
                 _write_json(output_dir / "segments" / f"{name}.json", record)
+                if "annotation_entries" in record:
+                    entries[name] = record["annotation_entries"]
                 summary.segmented.append(name)
 
         _write_json(output_dir / RUN_FILE, {"settings": settings, "status": "running"})
@@ -295,8 +298,14 @@ def segment_files(
         except BaseException:
             status = "failed"
             raise
-        finally:  # however the run ends, the COCO files hold exactly the images whose records were written
-            exporter.close()
+        finally:
+            # However the run ends, the COCO files hold exactly the images whose records were written, in name order
+            # (`exporter` holds only this run's, in the order they were segmented): a resumed run's files equal an
+            # uninterrupted run's.
+            annotations = PredictionExporter(output_dir, id2label, sorted(thing_ids), dataset)
+            for name in sorted(entries):
+                annotations.add_entries(entries[name])
+            annotations.close()
             counts = {"segmented": len(summary.segmented) + len(summary.resumed), "skipped": summary.skipped}
             _write_json(output_dir / RUN_FILE, {"settings": settings, "status": status, **counts})
     return summary

@@ -33,6 +33,7 @@ import PIL.Image
 from ..labels_pem import ADE20K_LABELS, CITYSCAPES_LABELS, DATASET_LABELS, reduce_labels
 from ..presets_pem import check_task
 from ..utils.extras import require
+from ..utils.paths import check_local_or_hub
 
 datasets = require("datasets", "train", "Loading segmentation datasets")
 
@@ -268,6 +269,7 @@ def load_segmentation_dataset(
 
 def _load_dataset_source(source: str, split: str, load_dataset_kwargs: dict) -> datasets.Dataset:
     path = Path(source)
+    check_local_or_hub(source, "The dataset", "a dataset folder, a .parquet file or a Hub dataset name")
     try:
         if path.is_file() and path.suffix == ".parquet":
             return datasets.load_dataset("parquet", data_files={split: str(path)}, split=split, **load_dataset_kwargs)

@@ -26,7 +26,7 @@ from ..configuration_pem import SIZE_DIVISOR
 from ..image_processing_pem import PEMImageProcessor
 from ..modeling_pem import PEMForUniversalSegmentation
 from ..utils.extras import require
-from ..utils.paths import check_output_dir
+from ..utils.paths import check_local_or_hub, check_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ def load_checkpoint(checkpoint: str | os.PathLike) -> tuple[PEMForUniversalSegme
     """The model and processor of a checkpoint directory (or Hub id) saved with `save_pretrained`."""
     if not Path(checkpoint).is_dir() and Path(checkpoint).exists():
         raise ValueError(f"{checkpoint} is a file: pass the checkpoint directory that holds config.json.")
+    check_local_or_hub(checkpoint, "The checkpoint", "a folder written by save_pretrained or a Hub id")
     try:
         model = PEMForUniversalSegmentation.from_pretrained(checkpoint)
     except OSError as error:

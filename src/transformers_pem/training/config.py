@@ -2,9 +2,11 @@
 
 import math
 import os
+import warnings
 from dataclasses import dataclass
 
 from ..presets_pem import Protocol, check_task, get_preset
+from ..utils.paths import check_local_or_hub
 
 _SHARED_RECIPE = ("weight_decay", "backbone_lr_multiplier", "clip_grad_norm", "warmup_steps")
 # The numeric settings and their smallest value (None values take the recipe's): a negative warmup trains with a
@@ -87,7 +89,12 @@ class TrainingConfig:
             get_preset(self.preset)  # a clear error for an unknown name
         elif self.model_name_or_path is None:
             raise ValueError("Set a preset (the model and its official recipe) or model_name_or_path.")
+        if self.model_name_or_path is not None:
+            check_local_or_hub(
+                self.model_name_or_path, "model_name_or_path", "a folder written by save_pretrained or a Hub id"
+            )
         self._check_numbers()
+        self._check_labels()
         if self.config_overrides is not None:
             if not isinstance(self.config_overrides, dict):
                 raise ValueError(
@@ -108,14 +115,45 @@ class TrainingConfig:
         check_task(self.task)
         if self.dataset not in ("cityscapes", "ade20k", "hub"):
             raise ValueError(f"Unknown dataset {self.dataset!r}: use 'cityscapes', 'ade20k' or 'hub'.")
+        if self.column_mapping is not None and self.dataset != "hub":
+            raise ValueError(
+                f"column_mapping renames the columns of a dataset='hub' source; the {self.dataset} loader names its "
+                "own columns: drop column_mapping or use dataset='hub'."
+            )
         if self.batch_size < 2:
             raise ValueError(
                 "batch_size 1 cannot train PEM: its pixel decoder applies BatchNorm to 1x1 pooled maps, which needs "
                 "at least 2 images per process. Use a batch size of 2 or more (with gradient_accumulation_steps to "
                 "keep memory low)."
             )
-        if self.id2label is not None:
+        recipe = self.recipe()
+        if recipe["warmup_steps"] >= recipe["max_steps"]:
+            warnings.warn(
+                f"warmup_steps={recipe['warmup_steps']} is not shorter than max_steps={recipe['max_steps']}: the "
+                "learning rate never reaches its peak. Lower warmup_steps if that is not meant.",
+                stacklevel=3,
+            )
+
+    def _check_labels(self) -> None:
+        if self.thing_ids is not None and self.id2label is None:
+            raise ValueError(
+                "thing_ids names the thing classes of a custom label set: pass id2label with it (without id2label "
+                "the preset's dataset labels, and their thing classes, are used)."
+            )
+        if self.id2label is None:
+            return
+        if not isinstance(self.id2label, dict):
+            raise ValueError(
+                "id2label maps class indices to names, e.g. {0: 'road', 1: 'car'}; got "
+                f"{type(self.id2label).__name__} {self.id2label!r}."
+            )
+        try:
             self.id2label = {int(index): name for index, name in self.id2label.items()}
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"id2label keys are class indices (0, 1, ...), got {list(self.id2label)!r}: e.g. {{0: 'road', 1: "
+                "'car'}."
+            ) from None
 
     def _check_numbers(self) -> None:
         for name, minimum in _MINIMUMS.items():

@@ -1,10 +1,24 @@
-"""Output paths checked before any work is done, and files written atomically."""
+"""Input and output paths checked before any work is done, and files written atomically."""
 
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def check_local_or_hub(value: str | os.PathLike, argument: str, expected: str) -> None:
+    """Refuse a value that names neither an existing local path nor a possible Hub id (`/data/model`, `./run`,
+    `a/b/c`): a missing folder is reported as missing, not as a malformed repository name from the Hub client.
+    `expected` says what to pass instead, e.g. "a save_pretrained folder or a Hub id"."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    if Path(value).exists():
+        return
+    try:
+        validate_repo_id(str(value))
+    except HFValidationError:
+        raise ValueError(f"{argument} {str(value)!r} does not exist: pass {expected}.") from None
 
 
 def check_output_dir(path: str | os.PathLike, argument: str = "output_dir") -> Path:
