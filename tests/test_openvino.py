@@ -14,7 +14,13 @@ from transformers import pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 from transformers_pem.cli import main as cli
-from transformers_pem.deploy.openvino_export import OPENVINO_FILE, OPENVINO_INT8_FILE, export, export_openvino
+from transformers_pem.deploy.openvino_export import (
+    OPENVINO_FILE,
+    OPENVINO_INT8_FILE,
+    export,
+    export_openvino,
+    quantize_openvino,
+)
 from transformers_pem.deploy.openvino_model import PEMOpenVINOModel
 
 openvino = pytest.importorskip("openvino")
@@ -192,6 +198,33 @@ def small_export(tmp_path_factory):
     save_confident_cityscapes_checkpoint(root / "checkpoint")
     export(root / "checkpoint", root / "ir")
     return root / "ir"
+
+
+def quantized_products(quantized) -> set[str]:
+    """Names of the `bmm` matrix products (mask logits, prototype similarities) with an int8 input."""
+    return {
+        op.get_friendly_name()
+        for op in quantized.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.get_friendly_name().startswith("bmm")
+        and any(value.get_node().get_type_name() == "FakeQuantize" for value in op.input_values())
+    }  # fmt: skip
+
+
+def test_quantization_options_keep_what_they_name_float(small_export):
+    converted = openvino.Core().read_model(str(small_export / OPENVINO_FILE))
+    calibration = [torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))]
+    products = {
+        op.get_friendly_name() for op in converted.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.get_friendly_name().startswith("bmm")
+    }  # fmt: skip
+    assert len(products) >= 2  # the final mask product and each layer's prototype similarity and attention mask
+    assert quantized_products(quantize_openvino(converted, calibration)) == products
+    kept = quantize_openvino(converted, calibration, bias_correction="none", ignored_patterns=[r"bmm_\d+/.*"])
+    assert quantized_products(kept) == set()
+    # The convolutions are still int8.
+    assert any(op.get_type_name() == "FakeQuantize" for op in kept.get_ordered_ops())
+    with pytest.raises(ValueError, match=r"bias_correction='slow' is not supported: use one of \['fast', 'full'"):
+        quantize_openvino(converted, calibration, bias_correction="slow")
 
 
 @pytest.mark.parametrize("damage", ["truncated-xml", "truncated-bin", "missing-bin", "foreign", "missing", "onnx"])
