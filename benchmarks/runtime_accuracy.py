@@ -32,15 +32,12 @@ from transformers_pem.deploy.runtimes import load_model
 from transformers_pem.evaluation.evaluate import evaluate_model
 
 METRICS = ("PQ", "PQ_th", "PQ_st", "mIoU")
-# The mask products (`torch.bmm` of queries and pixel features) and the prototype similarities (queries and
-# prototypes, also `bmm`): the products whose int8 rounding can move a mask's border or a prototype's argmax.
-PRODUCT_PATTERNS = (r"bmm_\d+/.*",)
 # OpenVINO int8 variants: file suffix -> `quantize_openvino` options. "default" is what `pem export` writes.
 OPENVINO_VARIANTS = {
     "default": {},
     "bias-correction-full": {"bias_correction": "full"},
     "no-bias-correction": {"bias_correction": "none"},
-    "products-fp32": {"ignored_patterns": PRODUCT_PATTERNS},
+    "products-fp32": {"ignored_patterns": [openvino_export.PRODUCT_PATTERN]},
 }
 
 

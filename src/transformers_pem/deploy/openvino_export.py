@@ -63,6 +63,9 @@ def export_openvino(model: PEMForUniversalSegmentation, output_path: str | os.Pa
 # NNCF's bias correction after quantization: "fast" (one pass over each layer's output mean, NNCF's default), "full"
 # (layer by layer on the quantized model's own inputs; slower) or "none".
 BIAS_CORRECTIONS = ("fast", "full", "none")
+# The names OpenVINO's PyTorch frontend gives the `torch.bmm` products (`bmm`, `bmm_1`, ...): the mask einsums (each
+# layer's attention mask, the final masks) and the prototype similarities; an `ignored_patterns` entry for them all.
+PRODUCT_PATTERN = r"bmm(_\d+)?/.*"
 
 
 def quantize_openvino(
@@ -76,8 +79,9 @@ def quantize_openvino(
     calibration inputs (NNCF's performance preset: symmetric), then `bias_correction` (see `BIAS_CORRECTIONS`).
     The deformable convolutions, the prototype selection (argmax and gathers) and the element-wise operators stay
     float32: NNCF quantizes only the inputs of the operators OpenVINO runs in int8 (convolutions, matrix products).
-    `ignored_patterns`: regular expressions of operator names to keep float32 as well (e.g. `r"bmm_\d+/.*"`, the
-    mask and prototype products); benchmarks/runtime_accuracy.py measures what each choice costs and gains."""
+    `ignored_patterns`: regular expressions of operator names to keep float32 as well (e.g. `PRODUCT_PATTERN`, the
+    mask einsums; NNCF leaves the prototype similarities float32 already, their inputs being broadcast);
+    benchmarks/runtime_accuracy.py measures what each choice costs and gains."""
     nncf = require("nncf", "openvino", "OpenVINO int8 quantization")
     if bias_correction not in BIAS_CORRECTIONS:
         raise ValueError(f"bias_correction={bias_correction!r} is not supported: use one of {list(BIAS_CORRECTIONS)}.")
@@ -135,4 +139,12 @@ def export(
     return written
 
 
-__all__ = ["BIAS_CORRECTIONS", "convert_openvino", "export", "export_openvino", "quantize_openvino", "save_openvino"]
+__all__ = [
+    "BIAS_CORRECTIONS",
+    "PRODUCT_PATTERN",
+    "convert_openvino",
+    "export",
+    "export_openvino",
+    "quantize_openvino",
+    "save_openvino",
+]
