@@ -14,7 +14,14 @@ from transformers import pipeline
 
 from transformers_pem import PEMConfig, PEMForUniversalSegmentation, PEMImageProcessor
 from transformers_pem.cli import main as cli
-from transformers_pem.deploy.openvino_export import OPENVINO_FILE, OPENVINO_INT8_FILE, export, export_openvino
+from transformers_pem.deploy.openvino_export import (
+    OPENVINO_FILE,
+    OPENVINO_INT8_FILE,
+    PRODUCT_PATTERN,
+    export,
+    export_openvino,
+    quantize_openvino,
+)
 from transformers_pem.deploy.openvino_model import PEMOpenVINOModel
 
 openvino = pytest.importorskip("openvino")
@@ -192,6 +199,45 @@ def small_export(tmp_path_factory):
     save_confident_cityscapes_checkpoint(root / "checkpoint")
     export(root / "checkpoint", root / "ir")
     return root / "ir"
+
+
+def quantized_products(quantized) -> set[str]:
+    """Names of the `bmm` matrix products (the mask einsums, the prototype similarities) fed by an int8 input,
+    through the reshapes between the two."""
+
+    def through_reshapes(value):
+        node = value.get_node()
+        while node.get_type_name() in ("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Convert"):
+            node = node.input_value(0).get_node()
+        return node
+
+    return {
+        op.get_friendly_name()
+        for op in quantized.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.get_friendly_name().startswith("bmm")
+        and any(through_reshapes(value).get_type_name() == "FakeQuantize" for value in op.input_values())
+    }  # fmt: skip
+
+
+def test_quantization_options_keep_what_they_name_float(small_export):
+    converted = openvino.Core().read_model(str(small_export / OPENVINO_FILE))
+    calibration = [torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))]
+    products = [
+        op.get_friendly_name() for op in converted.get_ordered_ops()
+        if op.get_type_name() == "MatMul" and op.get_friendly_name().startswith("bmm")
+    ]  # fmt: skip
+    # Per decoder layer its attention-mask einsum and its prototype similarity, and the final mask einsum.
+    num_layers = json.loads((small_export / "config.json").read_text())["decoder_layers"]
+    assert len(products) == 2 * num_layers + 1
+    quantized = quantized_products(quantize_openvino(converted, calibration))
+    # NNCF quantizes the einsums (the final one last in the graph), not the similarities: their inputs are broadcast.
+    assert len(quantized) == num_layers + 1 and f"bmm_{2 * num_layers}/aten.bmm.default/MatMul" in quantized
+    kept = quantize_openvino(converted, calibration, bias_correction="none", ignored_patterns=[PRODUCT_PATTERN])
+    assert quantized_products(kept) == set()
+    # The convolutions are still int8.
+    assert any(op.get_type_name() == "FakeQuantize" for op in kept.get_ordered_ops())
+    with pytest.raises(ValueError, match=r"bias_correction='slow' is not supported: use one of \['fast', 'full'"):
+        quantize_openvino(converted, calibration, bias_correction="slow")
 
 
 @pytest.mark.parametrize("damage", ["truncated-xml", "truncated-bin", "missing-bin", "foreign", "missing", "onnx"])

@@ -13,7 +13,7 @@ An OpenVINO output directory is self-describing: `openvino_model.xml` / `.bin` (
 import logging
 import os
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from torch import Tensor
@@ -60,14 +60,31 @@ def export_openvino(model: PEMForUniversalSegmentation, output_path: str | os.Pa
     return save_openvino(convert_openvino(model), output_path)
 
 
-def quantize_openvino(converted, calibration: Iterable[Tensor], fast_bias_correction: bool = True):
-    """int8 version of an `openvino.Model` by NNCF post-training quantization, calibrated on `pixel_values` tensors
-    as the processor returns them (one image each). NNCF's defaults: int8 weights per output channel, activation
-    ranges from the calibration inputs, and the bias correction that compensates the rounding of each layer's
-    output mean. The deformable convolutions, the prototype selection (argmax and gathers) and the element-wise
-    operators stay float32: NNCF quantizes only the inputs of the operators OpenVINO runs in int8 (convolutions,
-    matrix products)."""
+# NNCF's bias correction after quantization: "fast" (one pass over each layer's output mean, NNCF's default), "full"
+# (layer by layer on the quantized model's own inputs; slower) or "none".
+BIAS_CORRECTIONS = ("fast", "full", "none")
+# The names OpenVINO's PyTorch frontend gives the `torch.bmm` products (`bmm`, `bmm_1`, ...): the mask einsums (each
+# layer's attention mask, the final masks) and the prototype similarities; an `ignored_patterns` entry for them all.
+PRODUCT_PATTERN = r"bmm(_\d+)?/.*"
+
+
+def quantize_openvino(
+    converted,
+    calibration: Iterable[Tensor],
+    bias_correction: str = "fast",
+    ignored_patterns: Sequence[str] = (),
+):
+    r"""int8 version of an `openvino.Model` by NNCF post-training quantization, calibrated on `pixel_values` tensors
+    as the processor returns them (one image each): int8 weights per output channel, activation ranges from the
+    calibration inputs (NNCF's performance preset: symmetric), then `bias_correction` (see `BIAS_CORRECTIONS`).
+    The deformable convolutions, the prototype selection (argmax and gathers) and the element-wise operators stay
+    float32: NNCF quantizes only the inputs of the operators OpenVINO runs in int8 (convolutions, matrix products).
+    `ignored_patterns`: regular expressions of operator names to keep float32 as well (e.g. `PRODUCT_PATTERN`, the
+    mask einsums; NNCF leaves the prototype similarities float32 already, their inputs being broadcast);
+    benchmarks/runtime_accuracy.py measures what each choice costs and gains."""
     nncf = require("nncf", "openvino", "OpenVINO int8 quantization")
+    if bias_correction not in BIAS_CORRECTIONS:
+        raise ValueError(f"bias_correction={bias_correction!r} is not supported: use one of {list(BIAS_CORRECTIONS)}.")
     inputs = [pixel_values.numpy() for pixel_values in calibration]
     if not inputs:
         raise ValueError("No calibration images: int8 quantization with NNCF needs at least one.")
@@ -76,7 +93,9 @@ def quantize_openvino(converted, calibration: Iterable[Tensor], fast_bias_correc
         nncf.Dataset(inputs),
         subset_size=len(inputs),
         preset=nncf.QuantizationPreset.PERFORMANCE,
-        fast_bias_correction=fast_bias_correction,
+        fast_bias_correction=bias_correction != "full",
+        ignored_scope=nncf.IgnoredScope(patterns=list(ignored_patterns)) if ignored_patterns else None,
+        advanced_parameters=nncf.AdvancedQuantizationParameters(disable_bias_correction=bias_correction == "none"),
     )
 
 
@@ -120,4 +139,12 @@ def export(
     return written
 
 
-__all__ = ["convert_openvino", "export", "export_openvino", "quantize_openvino", "save_openvino"]
+__all__ = [
+    "BIAS_CORRECTIONS",
+    "PRODUCT_PATTERN",
+    "convert_openvino",
+    "export",
+    "export_openvino",
+    "quantize_openvino",
+    "save_openvino",
+]
