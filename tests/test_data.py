@@ -348,8 +348,10 @@ def test_generic_loader_offline(ade20k_root, tmp_path):
             assert all(torch.equal(ours[key], reference[key]) for key in ours)
     with pytest.raises(ValueError, match="Split 'test' not found"):
         load_segmentation_dataset(tmp_path / "saved", split="test", task="panoptic", column_mapping=mapping)
-    with pytest.raises(ValueError, match="neither a local dataset"):
+    with pytest.raises(ValueError, match="folder' does not exist: pass a dataset folder"):
         load_segmentation_dataset(str(tmp_path / "missing" / "folder"), cache_dir=cache)
+    with pytest.raises(ValueError, match="neither a local dataset"):  # a possible Hub name, offline
+        load_segmentation_dataset("no-such-dataset-name", cache_dir=cache)
 
 
 # ---------------------------------------------------------------------------------------------------------------------

@@ -276,7 +276,7 @@ def test_export_refuses_an_opset_without_deform_conv(tmp_path):
 
 def test_export_of_a_missing_checkpoint_or_into_a_file(tmp_path, capsys):
     assert cli.main(["export", str(tmp_path / "missing"), "--output", str(tmp_path / "out")]) == 1
-    assert "Cannot load a PEM checkpoint from" in capsys.readouterr().err
+    assert "missing' does not exist: pass a folder written by save_pretrained" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):
         export(tmp_path / "missing", tmp_path / "file")

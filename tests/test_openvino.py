@@ -184,7 +184,7 @@ def test_openvino_export_arguments_are_checked_before_any_work(tmp_path, capsys)
     with pytest.raises(ValueError, match="is a file, not a folder"):
         export(missing, tmp_path / "file")
     assert cli.main(["export", str(missing), "--format", "openvino", "--output", str(tmp_path / "out")]) == 1
-    assert "Cannot load a PEM checkpoint from" in capsys.readouterr().err
+    assert "missing' does not exist: pass a folder written by save_pretrained" in capsys.readouterr().err
     refusals = {"--opset": "--opset is an ONNX option", "--quantize": "int8-dynamic is an ONNX Runtime mode"}
     for option, value in (("--opset", "19"), ("--quantize", "int8-dynamic")):
         with pytest.raises(SystemExit) as exit_info:
