@@ -596,6 +596,11 @@ def test_command_line(tiny_model, cityscapes_root, tmp_path, capsys):
     assert set(written["metrics"]) >= {"mIoU", "mAcc", "pAcc", "IoU-road"}
 
 
+def test_command_line_names_a_missing_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="missing' does not exist: pass a folder written by save_pretrained"):
+        main([str(tmp_path / "missing"), "--dataset", "cityscapes", "--data-root", str(tmp_path)])
+
+
 @pytest.mark.slow
 def test_evaluation_entry_points_run_from_the_scripts_folder():
     # Run from scripts/ (first on the import path of every script there), the metrics must still import the

@@ -20,7 +20,7 @@ from ..labels_pem import DATASET_LABELS
 from ..modeling_pem import PEMForUniversalSegmentation
 from ..presets_pem import TASKS, official_crop_size, official_tta_settings
 from ..training.scalars import CURVES_FILE
-from ..utils.paths import atomic_file, check_output_dir, check_output_file
+from ..utils.paths import atomic_file, check_local_or_hub, check_output_dir, check_output_file
 from .options import add_allocator_argument, apply_allocator_argument
 
 
@@ -108,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
     """Command-line entry point (see `parse_args`); returns the results written to `--output`."""
     args = parse_args(argv)
     apply_allocator_argument(args)
+    check_local_or_hub(args.checkpoint, "The checkpoint", "a folder written by save_pretrained or a Hub id")
     for name in ("batch_size", "max_images"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
