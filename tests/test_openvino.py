@@ -238,6 +238,10 @@ def test_quantization_options_keep_what_they_name_float(small_export):
     assert any(op.get_type_name() == "FakeQuantize" for op in kept.get_ordered_ops())
     with pytest.raises(ValueError, match=r"bias_correction='slow' is not supported: use one of \['fast', 'full'"):
         quantize_openvino(converted, calibration, bias_correction="slow")
+    with pytest.raises(ValueError, match=r"a list of regular expressions: pass \['bmm'\]"):
+        quantize_openvino(converted, calibration, ignored_patterns="bmm")
+    with pytest.raises(ValueError, match=r"entry 'bmm\(' is not a regular expression"):
+        quantize_openvino(converted, calibration, ignored_patterns=["bmm("])
 
 
 @pytest.mark.parametrize("damage", ["truncated-xml", "truncated-bin", "missing-bin", "foreign", "missing", "onnx"])

@@ -12,6 +12,7 @@ An OpenVINO output directory is self-describing: `openvino_model.xml` / `.bin` (
 
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -85,6 +86,13 @@ def quantize_openvino(
     nncf = require("nncf", "openvino", "OpenVINO int8 quantization")
     if bias_correction not in BIAS_CORRECTIONS:
         raise ValueError(f"bias_correction={bias_correction!r} is not supported: use one of {list(BIAS_CORRECTIONS)}.")
+    if isinstance(ignored_patterns, str):  # list() would split it into one-letter patterns
+        raise ValueError(f"ignored_patterns is a list of regular expressions: pass [{ignored_patterns!r}].")
+    for pattern in ignored_patterns:
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as error:
+            raise ValueError(f"ignored_patterns entry {pattern!r} is not a regular expression ({error}).") from None
     inputs = [pixel_values.numpy() for pixel_values in calibration]
     if not inputs:
         raise ValueError("No calibration images: int8 quantization with NNCF needs at least one.")
