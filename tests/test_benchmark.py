@@ -321,6 +321,14 @@ def test_command_line(tmp_path, capsys):
     assert "## Training step" not in markdown
     assert results["environment"]["glibc_malloc_tuned"] is False
     assert "Memory allocator: the C library's" in markdown
+    # The instruction sets that decide int8 / bf16 speed, as /proc/cpuinfo lists them.
+    if Path("/proc/cpuinfo").is_file():
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
+        features = results["environment"]["cpu_features"]
+        assert features == [f for f in ("avx2", "avx512f", "avx512_vnni", "avx_vnni") if f in flags] + [
+            f for f in ("avx512_bf16", "amx_bf16", "amx_int8") if f in flags
+        ]
+        assert f"usable CPUs; {', '.join(features)})" in markdown if features else "usable CPUs; no AVX2" in markdown
 
 
 @pytest.mark.parametrize(

@@ -69,7 +69,8 @@ class ModelSpec:
     # "onnx", exported (`deploy.onnx_export.export_onnx`, folded) and run by ONNX Runtime on CPU; "onnx-int8", that
     # graph with static int8 quantization (QDQ, per-channel weights) calibrated on random inputs; "openvino", exported
     # to OpenVINO IR (`deploy.openvino_export`, folded) and run by `PEMOpenVINOModel` (fp32); "openvino-int8", that IR
-    # quantized by NNCF on the same calibration inputs. Not for inference:
+    # quantized by NNCF on the same calibration inputs; "openvino-bf16" / "openvino-int8-bf16", the same run with
+    # OpenVINO's bf16 inference precision (the layers int8 leaves float in bf16). Not for inference:
     # "checkpointing", trained with activation checkpointing (`activation_checkpointing_enable()`), measured in the
     # training sections only.
     optimization: str | None = None
@@ -112,7 +113,7 @@ def _pem_spec(backbone: str, optimization: str | None = None) -> ModelSpec:
 # Optimisations whose model runs outside PyTorch: no parameters, GMACs or memory measured, fp32 only. OpenVINO's
 # are timed in a phase of their own (its threads spin on after each run and would slow the model timed next).
 ONNX_OPTIMIZATIONS = ("onnx", "onnx-int8")
-OPENVINO_OPTIMIZATIONS = ("openvino", "openvino-int8")
+OPENVINO_OPTIMIZATIONS = ("openvino", "openvino-int8", "openvino-bf16", "openvino-int8-bf16")
 OUTSIDE_TORCH = (*ONNX_OPTIMIZATIONS, *OPENVINO_OPTIMIZATIONS)
 
 
@@ -151,6 +152,12 @@ MODELS = {
         _pem_spec("r50", "openvino-int8"),
         _pem_spec("stdc1", "openvino-int8"),
         _pem_spec("stdc2", "openvino-int8"),
+        _pem_spec("r50", "openvino-bf16"),
+        _pem_spec("stdc1", "openvino-bf16"),
+        _pem_spec("stdc2", "openvino-bf16"),
+        _pem_spec("r50", "openvino-int8-bf16"),
+        _pem_spec("stdc1", "openvino-int8-bf16"),
+        _pem_spec("stdc2", "openvino-int8-bf16"),
         _pem_spec("r50", "checkpointing"),
         _pem_spec("stdc1", "checkpointing"),
         _pem_spec("stdc2", "checkpointing"),
@@ -195,8 +202,8 @@ def _calibration_inputs(seed: int) -> list[torch.Tensor]:
 
 
 def _openvino_model(model: PEMForUniversalSegmentation, optimization: str, seed: int) -> nn.Module:
-    """The model exported to OpenVINO IR (int8 by NNCF with "openvino-int8") and loaded with `PEMOpenVINOModel`'s
-    defaults: fp32, as many threads as PyTorch, a shape compiled statically from its second run."""
+    """The model exported to OpenVINO IR (int8 by NNCF with "openvino-int8*") and loaded with `PEMOpenVINOModel`'s
+    defaults (fp32 but with "*-bf16", as many threads as PyTorch, a shape compiled statically from its second run)."""
     from transformers_pem.deploy.openvino_export import (
         OPENVINO_FILE,
         OPENVINO_INT8_FILE,
@@ -209,11 +216,12 @@ def _openvino_model(model: PEMForUniversalSegmentation, optimization: str, seed:
     with tempfile.TemporaryDirectory() as directory:
         converted = convert_openvino(model)
         file_name = OPENVINO_FILE
-        if optimization == "openvino-int8":
+        if optimization.startswith("openvino-int8"):
             converted, file_name = quantize_openvino(converted, _calibration_inputs(seed)), OPENVINO_INT8_FILE
         save_openvino(converted, Path(directory) / file_name)
         model.config.save_pretrained(directory)
-        return PEMOpenVINOModel.from_pretrained(directory, file_name=file_name)
+        precision = "bf16" if optimization.endswith("-bf16") else "fp32"
+        return PEMOpenVINOModel.from_pretrained(directory, file_name=file_name, precision=precision)
 
 
 def _onnx_model(model: PEMForUniversalSegmentation, optimization: str, seed: int) -> nn.Module:

@@ -143,6 +143,9 @@ def format_markdown(results: dict[str, Any]) -> str:
     environment, settings = results["environment"], results["settings"]
     reference = settings["reference"]
     machine = environment["gpu"] or f"{environment['cpu']} ({environment['usable_cpus']} usable CPUs)"
+    if not environment["gpu"] and "cpu_features" in environment:  # results from before the field have no such list
+        features = ", ".join(environment["cpu_features"]) or "no AVX2 / AVX-512 / VNNI / BF16 / AMX"
+        machine = machine[:-1] + f"; {features})"
     lines = [
         f"# PEM vs {reference}",
         "",
@@ -166,7 +169,8 @@ def format_markdown(results: dict[str, Any]) -> str:
             "against the unoptimised eager model of the same architecture on the same input. `-onnx`: ONNX Runtime "
             "(CPU provider, as many threads as PyTorch); `-onnx-int8`: its static int8 quantization; `-openvino`: "
             "OpenVINO (fp32, as many threads as PyTorch, each shape compiled statically from its second run), timed "
-            "in a phase of its own after the others; `-openvino-int8`: its NNCF int8 quantization.",
+            "in a phase of its own after the others; `-openvino-int8`: its NNCF int8 quantization; `-bf16`: "
+            "OpenVINO's bf16 inference precision for what runs in float.",
             "",
         ]
         lines += _table(INFERENCE_COLUMNS, results["inference"])

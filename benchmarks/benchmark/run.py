@@ -59,14 +59,22 @@ def _git_revision() -> str | None:
     return completed.stdout.strip() or None
 
 
+# The instruction sets that decide int8 and bf16 speed (machines of one model name differ in them).
+_CPU_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+
+
 def _environment(device: torch.device) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
+    flags: set[str] = set()
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
-        cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), cpu)
+        lines = cpuinfo.read().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        flags = set(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), []))
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpu": cpu,
+        "cpu_features": [feature for feature in _CPU_FEATURES if feature in flags],
         "cpu_count": os.cpu_count(),
         "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
