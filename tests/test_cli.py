@@ -304,15 +304,13 @@ def test_predict_checks_its_output_before_loading_the_model(checkpoint, same_ste
     assert "batch_size must be" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the output folder lock is POSIX (fcntl)")
 def test_two_runs_never_write_one_folder_together(checkpoint, same_stems, tmp_path, capsys):
-    import fcntl
+    import filelock
 
     directory, _, _ = checkpoint
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / ".pem-predict.lock", "a") as handle:  # another run holds the folder
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with filelock.FileLock(out / ".pem-predict.lock"):  # another run holds the folder
         assert predict_into(directory, same_stems, out) == 1
     assert "Another pem predict is writing to" in capsys.readouterr().err
     assert predict_into(directory, same_stems, out) == 0  # released
