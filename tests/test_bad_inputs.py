@@ -659,6 +659,12 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         _raises(ValueError, "pass [image]"),
     ),
     (
+        "predict-max-size-without-scales",
+        "inference",
+        lambda c: predict(c.model, c.processor, [c.image], max_size=64),
+        _raises(ValueError, "max_size caps the test-time scales"),
+    ),
+    (
         "predict-missing-path",
         "inference",
         lambda c: predict(c.model, c.processor, [c.tmp / "missing.png"]),

@@ -2,6 +2,7 @@
 output formats, the subcommands over the other command lines, exit codes."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -322,3 +323,18 @@ def test_a_path_with_glob_characters_is_taken_as_it_is(checkpoint, same_stems, t
     literal.write_bytes((same_stems / "img.png").read_bytes())
     assert predict_into(directory, literal, tmp_path / "out") == 0
     assert output_names(tmp_path / "out" / "overlays", ".png") == ["img[1].png"]
+
+
+def test_app_refuses_an_address_it_cannot_serve_before_loading(tmp_path, capsys):
+    """A port in use and a host that is not this machine's: one line, before the model loads (the folder is empty)."""
+    pytest.importorskip("gradio")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["app", f"--model={empty}", f"--port={port}"]) == 1
+    assert f"cannot serve on --host 127.0.0.1 --port {port}" in capsys.readouterr().err
+    assert main(["app", f"--model={empty}", "--host=192.0.2.1", "--port=0"]) == 1  # TEST-NET-1: nobody's address
+    assert "cannot serve on --host 192.0.2.1" in capsys.readouterr().err
