@@ -189,6 +189,28 @@ def _decoded_as_the_saved_16bit(result, context):
     torch.testing.assert_close(result, _process(context, values), rtol=0, atol=0)
 
 
+def _segment(context: Context, image) -> list[tuple[str, np.ndarray]]:
+    """PEMImageSegmentationPipeline's panoptic segments of `image`: (label, mask) pairs."""
+    from transformers import pipeline
+
+    from transformers_pem import PEMImageSegmentationPipeline
+
+    segmenter = pipeline(
+        "image-segmentation",
+        model=context.model,
+        image_processor=context.processor,
+        pipeline_class=PEMImageSegmentationPipeline,
+    )
+    return [(a["label"], np.asarray(a["mask"])) for a in segmenter(image, subtask="panoptic", threshold=0.0)]
+
+
+def _segments_of_the_saved_16bit(result, context):
+    """The 16-bit PNG's segments are those of its 8-bit image (value / 257), not of Pillow's clipped white one."""
+    expected = _segment(context, PIL.Image.fromarray(np.dstack([context.image[..., 0]] * 3)))
+    assert expected and [label for label, _ in result] == [label for label, _ in expected]
+    assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(result, expected))
+
+
 STRIP = np.random.default_rng(2).integers(0, 256, (3, 60, 3)).astype(np.uint8)
 P = _process
 
@@ -617,11 +639,30 @@ ROWS: list[tuple[str, str, Callable[[Context], Any], Any]] = [
         _raises(ValueError, "list of"),
     ),
     # --- inference, evaluation, drawing
+    ("pipeline-16bit-path", "inference", lambda c: _segment(c, str(c.gray16_png)), _segments_of_the_saved_16bit),
+    (
+        "pipeline-missing-path",
+        "inference",
+        lambda c: _segment(c, str(c.tmp / "missing.png")),
+        _raises(ValueError, "missing.png: no such file"),
+    ),
+    (
+        "pipeline-truncated-png",
+        "inference",
+        lambda c: _segment(c, c.truncated_png),
+        _raises(ValueError, "truncated or corrupt"),
+    ),
     (
         "predict-one-path",
         "inference",
         lambda c: predict(c.model, c.processor, str(c.gray16_png)),
         _raises(ValueError, "pass [image]"),
+    ),
+    (
+        "predict-max-size-without-scales",
+        "inference",
+        lambda c: predict(c.model, c.processor, [c.image], max_size=64),
+        _raises(ValueError, "max_size caps the test-time scales"),
     ),
     (
         "predict-missing-path",

@@ -2,6 +2,7 @@
 output formats, the subcommands over the other command lines, exit codes."""
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -304,15 +305,13 @@ def test_predict_checks_its_output_before_loading_the_model(checkpoint, same_ste
     assert "batch_size must be" in capsys.readouterr().err
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="the output folder lock is POSIX (fcntl)")
 def test_two_runs_never_write_one_folder_together(checkpoint, same_stems, tmp_path, capsys):
-    import fcntl
+    import filelock
 
     directory, _, _ = checkpoint
     out = tmp_path / "out"
     out.mkdir()
-    with open(out / ".pem-predict.lock", "a") as handle:  # another run holds the folder
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with filelock.FileLock(out / ".pem-predict.lock"):  # another run holds the folder
         assert predict_into(directory, same_stems, out) == 1
     assert "Another pem predict is writing to" in capsys.readouterr().err
     assert predict_into(directory, same_stems, out) == 0  # released
@@ -324,3 +323,18 @@ def test_a_path_with_glob_characters_is_taken_as_it_is(checkpoint, same_stems, t
     literal.write_bytes((same_stems / "img.png").read_bytes())
     assert predict_into(directory, literal, tmp_path / "out") == 0
     assert output_names(tmp_path / "out" / "overlays", ".png") == ["img[1].png"]
+
+
+def test_app_refuses_an_address_it_cannot_serve_before_loading(tmp_path, capsys):
+    """A port in use and a host that is not this machine's: one line, before the model loads (the folder is empty)."""
+    pytest.importorskip("gradio")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["app", f"--model={empty}", f"--port={port}"]) == 1
+    assert f"cannot serve on --host 127.0.0.1 --port {port}" in capsys.readouterr().err
+    assert main(["app", f"--model={empty}", "--host=192.0.2.1", "--port=0"]) == 1  # TEST-NET-1: nobody's address
+    assert "cannot serve on --host 192.0.2.1" in capsys.readouterr().err

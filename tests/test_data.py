@@ -601,3 +601,25 @@ def test_seeded_dataset_and_collate(cityscapes_root):
     assert batch["label_maps"].shape == (2, 32, 64) and torch.equal(batch["label_maps"][1], first[1]["label_map"])
     assert torch.equal(batch["label_maps"][0, :16, :40], small["label_map"])
     assert (batch["label_maps"][0, 16:] == -1).all() and (batch["label_maps"][0, :, 40:] == -1).all()
+
+
+def test_transform_decodes_images_as_a_viewer_shows_them(cityscapes_root):
+    """16-bit and transparent training images: the model inputs of the 8-bit RGB image a viewer shows (value / 257;
+    transparent pixels white), not Pillow's clipped or alpha-dropping `convert("RGB")`."""
+    processor = PEMImageProcessor.from_preset("pem-r50-cityscapes-panoptic")
+    transform = PEMSegmentationTransform(processor, task="semantic", num_labels=19)
+    example = dict(load_cityscapes(cityscapes_root, split="train", task="semantic")[0])
+    rgb = np.array(example["image"].convert("RGB"))
+    gray = rgb[..., 1]
+    alpha = np.where(np.arange(rgb.shape[1]) < rgb.shape[1] // 2, 0, 255).astype(np.uint8)[None].repeat(len(rgb), 0)
+    cases = [
+        (Image.fromarray(gray.astype(np.uint16) * 257), np.dstack([gray] * 3)),
+        (Image.fromarray(np.dstack([rgb, alpha])), np.where(alpha[..., None] == 0, 255, rgb).astype(np.uint8)),
+    ]
+    for image, shown in cases:
+        expected = transform({**example, "image": Image.fromarray(shown)})["pixel_values"]
+        assert torch.equal(transform({**example, "image": image})["pixel_values"], expected)
+    assert not torch.equal(  # the 16-bit case is one Pillow alone gets wrong
+        transform({**example, "image": cases[0][0].convert("RGB")})["pixel_values"],
+        transform({**example, "image": Image.fromarray(cases[0][1])})["pixel_values"],
+    )

@@ -11,6 +11,7 @@ import copy
 import io
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -620,3 +621,28 @@ def test_evaluation_entry_points_run_from_the_scripts_folder():
         )
         assert completed.returncode == 0, completed.stderr
         assert "--sliding-window" in completed.stdout
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--max-size", "512"], "--max-size caps the test-time scales: pass --tta or --scales"),
+        (["--stride", "32"], "--stride is the sliding window's: pass --sliding-window"),
+        (["--sliding-window", "32", "--stride", "8", "8", "8"], "--stride takes 1 or 2 values"),
+        (["--onnx", "--precision", "amp"], "--onnx runs the exported model as it is"),
+    ],
+)
+def test_command_line_refuses_options_that_would_be_ignored_before_loading(tmp_path, options, message):
+    """Each message comes before the model loads: the checkpoint folder is empty (its load would fail otherwise)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        main([str(empty), "--dataset", "cityscapes", "--data-root", str(tmp_path), *options])
+
+
+def test_command_line_reads_the_data_before_the_model(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError) as raised:
+        main([str(empty), "--dataset", "cityscapes", "--data-root", str(tmp_path / "no-data")])
+    assert "no-data" in str(raised.value) and "config.json" not in str(raised.value)

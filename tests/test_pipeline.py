@@ -1,5 +1,6 @@
 """pipeline("image-segmentation") and trust_remote_code on a tiny saved PEM checkpoint (offline)."""
 
+import base64
 import json
 import logging
 import os
@@ -356,3 +357,56 @@ def test_trust_remote_code_loads_every_backbone(backbone, encoder, tmp_path):
     with torch.no_grad():
         logits = model(**inputs).class_queries_logits
     torch.testing.assert_close(torch.tensor(result["logits"]), logits, atol=1e-5, rtol=0)
+
+
+def segment_masks(segmenter, image) -> list[tuple[str, np.ndarray]]:
+    return [(a["label"], np.asarray(a["mask"])) for a in segmenter(image, subtask="panoptic", threshold=0.3)]
+
+
+def test_pem_pipeline_decodes_files_as_a_viewer_shows_them(checkpoint, tmp_path):
+    """16-bit, transparent and EXIF-rotated files: PEMImageSegmentationPipeline segments them as the 8-bit upright
+    RGB image a viewer shows; transformers' own loader clips the 16-bit file to white."""
+    from transformers_pem import PEMImageSegmentationPipeline
+
+    directory, _, _ = checkpoint
+    segmenter = pipeline("image-segmentation", model=str(directory), pipeline_class=PEMImageSegmentationPipeline)
+    rgb = np.asarray(IMAGE)
+    gray = rgb[..., 0]
+    cases = {}
+    # 16-bit grayscale: the viewer's 8-bit image is value / 257.
+    PIL.Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "deep.png")
+    cases["deep.png"] = np.dstack([gray] * 3)
+    # Transparent left half over white.
+    alpha = np.full(gray.shape, 255, np.uint8)
+    alpha[:, :35] = 0
+    PIL.Image.fromarray(np.dstack([rgb, alpha])).save(tmp_path / "alpha.png")
+    cases["alpha.png"] = np.where(alpha[..., None] == 0, 255, rgb).astype(np.uint8)
+    # Stored rotated by 90 degrees, with the EXIF orientation that turns it upright (6: rotate 270 to show).
+    exif = PIL.Image.Exif()
+    exif[0x0112] = 6
+    PIL.Image.fromarray(np.rot90(rgb, k=1).copy()).save(tmp_path / "rotated.png", exif=exif)
+    cases["rotated.png"] = rgb
+    for name, shown in cases.items():
+        expected = segment_masks(segmenter, PIL.Image.fromarray(shown))
+        assert expected
+        for given in (
+            str(tmp_path / name),
+            tmp_path / name,
+            (tmp_path / name).read_bytes(),
+            PIL.Image.open(tmp_path / name),
+        ):
+            found = segment_masks(segmenter, given)
+            assert [label for label, _ in found] == [label for label, _ in expected], (name, type(given))
+            assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(found, expected)), (name, type(given))
+    deep = str(tmp_path / "deep.png")
+    clipped = segment_masks(pipeline("image-segmentation", model=str(directory)), deep)
+    found = segment_masks(segmenter, deep)
+    assert len(clipped) != len(found) or any(not np.array_equal(a, b) for (_, a), (_, b) in zip(clipped, found))
+    with pytest.raises(ValueError, match=r"missing\.png: no such file"):
+        segmenter(str(tmp_path / "missing") + ".png")
+    data = base64.b64encode((tmp_path / "alpha.png").read_bytes()).decode()
+    expected = segment_masks(segmenter, tmp_path / "alpha.png")
+    for encoded in (data, f"data:image/png;base64,{data}"):  # base64, as transformers' loader takes it too
+        found = segment_masks(segmenter, encoded)
+        assert [label for label, _ in found] == [label for label, _ in expected]
+        assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(found, expected))

@@ -74,6 +74,7 @@ _LAZY_ATTRIBUTES = {
     "export_openvino": "deploy.openvino_export",
     "export_onnx": "deploy.onnx_export",
     "export_program": "deploy.onnx_export",
+    "PEMImageSegmentationPipeline": "inference.pipeline",
 }
 
 

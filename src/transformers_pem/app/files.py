@@ -14,6 +14,7 @@ folder: a run of other settings is refused, and one process at a time writes to 
 ```
 """
 
+import itertools
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import filelock  # huggingface_hub's dependency
 import numpy as np
 import PIL.Image
 import torch
@@ -36,11 +38,6 @@ from ..labels_pem import dataset_for
 from ..presets_pem import check_task
 from ..utils.paths import atomic_file, check_output_dir
 from ..visualization.segmentation import draw_segmentation
-
-try:  # one writer per output folder (POSIX); elsewhere the folder is not locked
-    import fcntl
-except ImportError:
-    fcntl = None
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +112,17 @@ def _write_json(path: Path, value) -> None:
 def _locked(output_dir: Path) -> Iterator[None]:
     """Hold the folder's lock while the block runs, or refuse: two runs never write to one folder together."""
     output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / LOCK_FILE, "a") as handle:
-        if fcntl is not None:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                raise ValueError(
-                    f"Another pem predict is writing to {output_dir}: wait for it to end, or pass another output "
-                    "folder."
-                ) from None
+    lock = filelock.FileLock(output_dir / LOCK_FILE, timeout=0)  # flock on POSIX, msvcrt on Windows
+    try:
+        lock.acquire()
+    except filelock.Timeout:
+        raise ValueError(
+            f"Another pem predict is writing to {output_dir}: wait for it to end, or pass another output folder."
+        ) from None
+    try:
         yield
+    finally:
+        lock.release()
 
 
 def _earlier_results(output_dir: Path, settings: dict, resume: bool, overwrite: bool) -> dict[str, dict]:
@@ -185,6 +183,60 @@ def _check_names(names: dict[Path, str], done: dict[str, dict], output_dir: Path
             )
 
 
+def _read_images(
+    names: dict[Path, str], done: dict[str, dict], summary: SegmentationSummary
+) -> Iterator[tuple[str, Path, PIL.Image.Image]]:
+    """`(name, path, image)` of every image and video frame not done yet; a file that cannot be read is skipped
+    (logged, and counted in `summary`) whatever its decoder raised."""
+    for path, name in names.items():
+        if name in done:
+            continue
+        try:
+            for frame_name, image in read_frames(path, name):
+                if frame_name not in done:
+                    yield frame_name, path, image
+        except Exception as error:  # noqa: BLE001 - one unreadable file is skipped whatever its decoder raised
+            reason = str(error).splitlines()[0].removeprefix(f"{path}: ") if str(error) else repr(error)
+            logger.warning("Skipped %s: %s", path, reason)
+            summary.skipped[str(path)] = reason
+
+
+class _ResultWriter:
+    """Writes one image's outputs (overlay, label files, segments JSON last: an image counts as done once its
+    record exists) and, on `close`, the COCO JSON files of every image done, earlier runs' included, in name order:
+    a resumed run's files equal an uninterrupted run's."""
+
+    def __init__(self, output_dir: Path, task: str, id2label: dict[int, str], thing_ids: set[int], done: dict):
+        self.output_dir, self.task, self.id2label, self.thing_ids = output_dir, task, id2label, thing_ids
+        self.dataset = dataset_for(id2label)
+        self.exporter = PredictionExporter(output_dir, id2label, sorted(thing_ids), self.dataset)
+        self.entries = {
+            name: record["annotation_entries"] for name, record in done.items() if "annotation_entries" in record
+        }
+
+    def write(self, name: str, path: Path, image: PIL.Image.Image, prediction: dict) -> None:
+        record, segmentation, segments_info = segments_record(
+            name, path, self.task, prediction, self.id2label, self.thing_ids
+        )
+        overlay = draw_segmentation(image, segmentation, segments_info, self.id2label, palette=self.dataset)
+        with atomic_file(self.output_dir / "overlays" / f"{name}.png") as overlay_path:
+            overlay.save(overlay_path, format="PNG")
+        if self.task == "semantic":
+            self.exporter.add_semantic(name, segmentation)
+        elif self.task == "panoptic":
+            record["annotation_entries"] = self.exporter.add_panoptic(name, segmentation, segments_info)
+        else:
+            masks = prediction["instance"]["segmentation"].cpu().numpy()
+            record["annotation_entries"] = self.exporter.add_instance(name, masks, segments_info)
+        _write_json(self.output_dir / "segments" / f"{name}.json", record)
+        if "annotation_entries" in record:
+            self.entries[name] = record["annotation_entries"]
+
+    def close(self) -> None:
+        self.exporter.replace_entries(self.entries[name] for name in sorted(self.entries))
+        self.exporter.close()
+
+
 def segment_files(
     model: str | os.PathLike,
     source: str | os.PathLike,
@@ -233,64 +285,26 @@ def segment_files(
         processor = AutoImageProcessor.from_pretrained(model)
         id2label = {int(index): str(name) for index, name in network.config.id2label.items()}
         thing_ids = set(processor.thing_ids if processor.thing_ids is not None else id2label)
-        dataset = dataset_for(id2label)
-        exporter = PredictionExporter(output_dir, id2label, sorted(thing_ids), dataset)
-        # The COCO entries of every image done (earlier runs' and this one's), written in name order at the end.
-        entries = {
-            name: record["annotation_entries"] for name, record in done.items() if "annotation_entries" in record
-        }
+        writer = _ResultWriter(output_dir, task, id2label, thing_ids, done)
         summary.resumed = list(done)
-
-        def frames() -> Iterator[tuple[str, Path, PIL.Image.Image]]:
-            for path, name in names.items():
-                if name in done:
-                    continue
-                try:
-                    for frame_name, image in read_frames(path, name):
-                        if frame_name not in done:
-                            yield frame_name, path, image
-                except Exception as error:  # noqa: BLE001 - one unreadable file is skipped whatever its decoder raised
-                    reason = str(error).splitlines()[0].removeprefix(f"{path}: ") if str(error) else repr(error)
-                    logger.warning("Skipped %s: %s", path, reason)
-                    summary.skipped[str(path)] = reason
-
-        def flush(batch: list[tuple[str, Path, PIL.Image.Image]]) -> None:
-            images = [image for _, _, image in batch]
-            # The semantic output is computed only when it is what was asked for.
-            predictions = predict(network, processor, images, task=task, batch_size=batch_size, return_semantic=False)
-            for (name, path, image), prediction in zip(batch, predictions):
-                record, segmentation, segments_info = segments_record(
-                    name, path, task, prediction, id2label, thing_ids
-                )
-                overlay = draw_segmentation(image, segmentation, segments_info, id2label, palette=dataset)
-                with atomic_file(output_dir / "overlays" / f"{name}.png") as overlay_path:
-                    overlay.save(overlay_path, format="PNG")
-                if task == "semantic":
-                    exporter.add_semantic(name, segmentation)
-                elif task == "panoptic":
-                    record["annotation_entries"] = exporter.add_panoptic(name, segmentation, segments_info)
-                else:
-                    masks = prediction["instance"]["segmentation"].cpu().numpy()
-                    record["annotation_entries"] = exporter.add_instance(name, masks, segments_info)
-                # Written last: an image counts as done once its record exists.
-                _write_json(output_dir / "segments" / f"{name}.json", record)
-                if "annotation_entries" in record:
-                    entries[name] = record["annotation_entries"]
-                summary.segmented.append(name)
-
         _write_json(output_dir / RUN_FILE, {"settings": settings, "status": "running"})
         status = "interrupted"
-        batch: list[tuple[str, Path, PIL.Image.Image]] = []
         try:
+            images = _read_images(names, done, summary)
             with torch.inference_mode(), tqdm(unit="img", desc=f"Segmenting ({task})", disable=not progress) as bar:
-                for item in frames():
-                    batch.append(item)
-                    if len(batch) == batch_size:
-                        flush(batch)
-                        bar.update(len(batch))
-                        batch = []
-                if batch:
-                    flush(batch)
+                while batch := list(itertools.islice(images, batch_size)):
+                    # The semantic output is computed only when it is what was asked for.
+                    predictions = predict(
+                        network,
+                        processor,
+                        [image for _, _, image in batch],
+                        task=task,
+                        batch_size=batch_size,
+                        return_semantic=False,
+                    )
+                    for (name, path, image), prediction in zip(batch, predictions):
+                        writer.write(name, path, image, prediction)
+                        summary.segmented.append(name)
                     bar.update(len(batch))
             status = "complete"
         except KeyboardInterrupt:
@@ -298,14 +312,8 @@ def segment_files(
         except BaseException:
             status = "failed"
             raise
-        finally:
-            # However the run ends, the COCO files hold exactly the images whose records were written, in name order
-            # (`exporter` holds only this run's, in the order they were segmented): a resumed run's files equal an
-            # uninterrupted run's.
-            annotations = PredictionExporter(output_dir, id2label, sorted(thing_ids), dataset)
-            for name in sorted(entries):
-                annotations.add_entries(entries[name])
-            annotations.close()
+        finally:  # however the run ends, the COCO files hold exactly the images whose records were written
+            writer.close()
             counts = {"segmented": len(summary.segmented) + len(summary.resumed), "skipped": summary.skipped}
             _write_json(output_dir / RUN_FILE, {"settings": settings, "status": status, **counts})
     return summary

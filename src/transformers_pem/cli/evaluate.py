@@ -119,6 +119,12 @@ def main(argv: Sequence[str] | None = None) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} takes positive sizes, got {getattr(args, name)}.")
     if args.max_size is not None and args.max_size < 1:
         raise ValueError(f"--max-size must be at least 1, got {args.max_size}.")
+    if args.max_size is not None and not (args.tta or args.scales):
+        raise ValueError("--max-size caps the test-time scales: pass --tta or --scales too.")
+    if args.stride is not None and args.sliding_window is None:
+        raise ValueError("--stride is the sliding window's: pass --sliding-window too.")
+    if args.stride is not None and len(args.stride) > 2:
+        raise ValueError(f"--stride takes 1 or 2 values (HEIGHT WIDTH), got {args.stride}.")
     # Where the results go is checked before the evaluation, not after it.
     if args.output is not None:
         check_output_file(args.output, "--output")
@@ -155,12 +161,16 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     if args.onnx is not None and args.openvino is not None:
         raise ValueError("--onnx and --openvino each evaluate one exported model: pass one of them.")
-    if args.onnx is not None or args.openvino is not None:
-        runtime = "onnx" if args.onnx is not None else "openvino"
-        if args.precision != "fp32" or args.fold_batch_norm or args.device not in (None, "cpu"):
-            raise ValueError(
-                f"--{runtime} runs the exported model as it is: drop --precision, --fold-batch-norm and --device."
-            )
+    runtime = "onnx" if args.onnx is not None else "openvino" if args.openvino is not None else None
+    if runtime and (args.precision != "fp32" or args.fold_batch_norm or args.device not in (None, "cpu")):
+        raise ValueError(
+            f"--{runtime} runs the exported model as it is: drop --precision, --fold-batch-norm and --device."
+        )
+    # The data before the model: a wrong --data-root or --split is said without waiting for the model to load.
+    dataset = load_evaluation_dataset(args.dataset, args.data_root, args.split, args.task)
+    if args.max_images is not None:
+        dataset = dataset.select(range(min(args.max_images, len(dataset))))
+    if runtime:
         model = load_model(args.checkpoint, runtime, model_file=args.onnx or args.openvino)
     else:
         device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
@@ -177,9 +187,6 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ) from None
         preset = f"pem-r50-{args.dataset}-{'semantic' if args.task == 'semantic' else 'panoptic'}"
         processor = PEMImageProcessor.from_preset(preset, model_config=model.config)
-    dataset = load_evaluation_dataset(args.dataset, args.data_root, args.split, args.task)
-    if args.max_images is not None:
-        dataset = dataset.select(range(min(args.max_images, len(dataset))))
     # The local ADE20K semantic annotations (also added to the panoptic task) store class c as c + 1, whatever the
     # processor says; Cityscapes maps hold train ids.
     reduce_labels = args.dataset == "ade20k" if known_dataset else None

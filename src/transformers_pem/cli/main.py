@@ -5,6 +5,7 @@ arguments."""
 import argparse
 import importlib
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -110,6 +111,19 @@ def run_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_can_serve(host: str, port: int) -> None:
+    """Refuse, before the model loads, an address this machine cannot serve on (a port in use, a foreign host)."""
+    try:
+        family, kind, _, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind) as probe:
+            probe.bind(address)
+    except OSError as error:
+        raise ValueError(
+            f"cannot serve on --host {host} --port {port} ({error.strerror or error}): pass another --port, or a "
+            "--host of this machine."
+        ) from None
+
+
 def run_app(args: argparse.Namespace) -> int:
     from ..app.web import MAX_PIXELS, MAX_UPLOAD, build_app
     from ..data.sources import IMAGE_SUFFIXES
@@ -126,6 +140,7 @@ def run_app(args: argparse.Namespace) -> int:
         examples = [str(p) for p in sorted(Path(args.examples).iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
         if not examples:
             raise ValueError(f"--examples {args.examples} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    check_can_serve(args.host, args.port)
     options = {"device": args.device, "runtime": args.runtime, "model_file": args.model_file, "max_pixels": max_pixels}
     app = build_app(args.model, examples=examples, **options)
     app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD, show_error=True)

@@ -31,6 +31,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
+from ..image_loading_pem import image_to_rgb
 from ..image_processing_pem import get_resize_output_size
 from ..labels_pem import reduce_labels as reduce_label_map
 from ..presets_pem import check_task, get_protocol
@@ -412,10 +413,11 @@ class PEMSegmentationTransform:
             `class_id * LABEL_DIVISOR + instance` (instance 0 for semantic), -1 on void, crowd, ignored and
             padding pixels: what [`PEMTrainerMetrics`] scores against.
         """
-        image, target = example["image"], example[self.task]
+        # As a viewer shows it (16-bit scaled, transparency over white; `datasets` has applied EXIF orientation).
+        image, target = image_to_rgb(example["image"]), example[self.task]
         where = f"example {example['image_id']!r}" if "image_id" in example else "the example"
         check_same_size(image, target, where)
-        image = tv_tensors.Image(torch.from_numpy(np.array(image.convert("RGB"))).permute(2, 0, 1).contiguous())
+        image = tv_tensors.Image(torch.from_numpy(np.array(image)).permute(2, 0, 1).contiguous())
         labels = tv_tensors.Mask(
             torch.from_numpy(encode_label_map(example, self.task, self.ignore_index, self.reduce_labels))
         )

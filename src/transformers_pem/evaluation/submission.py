@@ -2,7 +2,7 @@
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,8 @@ class PredictionExporter:
             PIL.Image.fromarray(values).save(path)
 
     def add_panoptic(self, image_id: str, segmentation: np.ndarray, segments_info: list[dict]) -> dict:
-        """Write the panoptic PNG; returns the image's JSON entries (`{"image", "annotation"}`, see `add_entries`)."""
+        """Write the panoptic PNG; returns the image's JSON entries (`{"image", "annotation"}`, as
+        `replace_entries` takes them)."""
         folder = self.export_dir / "panoptic"
         segmentation = segmentation.astype(np.int64)
         rgb = np.stack([segmentation % 256, segmentation // 256 % 256, segmentation // 65536 % 256], axis=-1)
@@ -108,11 +109,11 @@ class PredictionExporter:
             "image": {"id": image_id, "file_name": f"{image_id}.png", "height": height, "width": width},
             "annotation": {"image_id": image_id, "file_name": f"{image_id}.png", "segments_info": segments},
         }
-        self.add_entries(entries)
+        self._add_entries(entries)
         return entries
 
     def add_instance(self, image_id: str, masks: np.ndarray, segments_info: list[dict]) -> dict:
-        """Encode the masks; returns the image's JSON entries (`{"instances"}`, see `add_entries`)."""
+        """Encode the masks; returns the image's JSON entries (`{"instances"}`, as `replace_entries` takes them)."""
         mask_utils = require("pycocotools.mask", "eval", "Exporting instance predictions (COCO RLE)")
         instances = []
         for mask, segment in zip(masks, segments_info):
@@ -127,17 +128,22 @@ class PredictionExporter:
                 }
             )
         entries = {"instances": instances}
-        self.add_entries(entries)
+        self._add_entries(entries)
         return entries
 
-    def add_entries(self, entries: dict) -> None:
-        """Add one image's JSON entries as `add_panoptic` or `add_instance` returned them (for a run that resumes
-        from the entries it kept)."""
+    def _add_entries(self, entries: dict) -> None:
         if "annotation" in entries:
             self.images.append(entries["image"])
             self.panoptic_annotations.append(entries["annotation"])
         else:
             self.instances.append(entries["instances"])
+
+    def replace_entries(self, entries: Iterable[dict]) -> None:
+        """Replace the JSON records by `entries`, one image's as `add_panoptic` or `add_instance` returned them, in
+        the order given (for a run that resumes from the entries it kept)."""
+        self.panoptic_annotations, self.images, self.instances = [], [], []
+        for image_entries in entries:
+            self._add_entries(image_entries)
 
     def state(self) -> dict:
         """The JSON records added so far, to combine with other processes' by `merge_states` (the PNGs are

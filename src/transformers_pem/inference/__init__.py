@@ -1,3 +1,3 @@
 """Running PEM on images: `predict` (test-time augmentation, sliding windows, batches; `predictor`), mixed precision
-(`precision`) and the CPU allocator (`allocator`).
+(`precision`), the CPU allocator (`allocator`), and transformers' pipeline with PEM's image decoder (`pipeline`).
 """

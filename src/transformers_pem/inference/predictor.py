@@ -108,6 +108,8 @@ class Predictor:
         if self.window is not None and stride is None:
             stride = (math.ceil(2 * self.window[0] / 3), math.ceil(2 * self.window[1] / 3))
         self.stride = stride
+        if max_size is not None and scales is None:
+            raise ValueError("max_size caps the test-time scales: pass scales too (or drop max_size).")
         if max_size is None and scales is not None:
             size = getattr(processor, "size", None)
             max_size = size.get("longest_edge") if isinstance(size, Mapping) else getattr(size, "longest_edge", None)
